@@ -1,0 +1,345 @@
+//! Configuration: the TOML model, validation into a ready-to-use [`Config`], and loading from disk.
+
+pub mod model;
+
+use model::{ClientTlsMode, LogSection, RawConfig, TimeoutsSection, UpstreamTlsMode};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// A validated configuration. Built only through [`Config::load`] or [`Config::parse`], so holding one means
+/// every address parsed and every referenced file exists.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub max_connections: usize,
+    pub client_tls: Option<ClientTls>,
+    pub upstream: Upstream,
+    pub metrics_addr: Option<SocketAddr>,
+    pub timeouts: TimeoutsSection,
+    pub log: LogSection,
+    /// Content hash of the file this came from, shown in logs so a fleet can be seen to agree.
+    pub epoch: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub mode: ClientTlsMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    Tcp { host: String, port: u16 },
+    Unix(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub target: UpstreamTarget,
+    pub tls: model::UpstreamTlsSection,
+}
+
+impl Upstream {
+    /// How the upstream is named in errors and logs.
+    pub fn describe(&self) -> String {
+        match &self.target {
+            UpstreamTarget::Tcp { host, port } if host.contains(':') => format!("[{host}]:{port}"),
+            UpstreamTarget::Tcp { host, port } => format!("{host}:{port}"),
+            UpstreamTarget::Unix(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub metrics: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// Parses and validates config text; `path` is used in messages and to resolve relative file names.
+    pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Some(listen) = &overrides.listen {
+            raw.listen.addr = listen.clone();
+        }
+        if let Some(upstream) = &overrides.upstream {
+            raw.upstream.addr = upstream.clone();
+        }
+        if let Some(metrics) = &overrides.metrics {
+            raw.metrics.addr = Some(metrics.clone());
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        validate(raw, base, epoch_of(text)).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+
+    /// A config with defaults and only an upstream, for `serve --upstream` without a file.
+    pub fn from_overrides(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let upstream = overrides.upstream.clone().unwrap_or_default();
+        let text = format!("[upstream]\naddr = {}\n", toml_string(&upstream));
+        Self::parse(&text, Path::new("<command line>"), overrides)
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+/// Validates the whole file at once, so the operator sees every problem in one go. Each message names its key.
+fn validate(raw: RawConfig, base: &Path, epoch: String) -> Result<Config, Vec<String>> {
+    let mut problems = Vec::new();
+
+    let listen_addr = parse_socket_addr("listen.addr", &raw.listen.addr, &mut problems);
+    if raw.listen.max_connections == 0 {
+        problems.push("listen.max_connections must be at least 1".to_owned());
+    }
+    let client_tls = raw.listen.tls.map(|tls| ClientTls {
+        cert_file: existing_file("listen.tls.cert_file", base, &tls.cert_file, &mut problems),
+        key_file: existing_file("listen.tls.key_file", base, &tls.key_file, &mut problems),
+        mode: tls.mode,
+    });
+
+    let target = match parse_upstream(&raw.upstream.addr, raw.upstream.port) {
+        Ok(target) => Some(target),
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
+    let mut tls = raw.upstream.tls;
+    for (key, file) in [
+        ("upstream.tls.ca_file", &mut tls.ca_file),
+        ("upstream.tls.cert_file", &mut tls.cert_file),
+        ("upstream.tls.key_file", &mut tls.key_file),
+    ] {
+        if let Some(path) = file.as_mut() {
+            *path = existing_file(key, base, path, &mut problems);
+        }
+    }
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        problems.push(
+            "upstream.tls.cert_file and upstream.tls.key_file must be given together".to_owned(),
+        );
+    }
+    if matches!(target, Some(UpstreamTarget::Unix(_)))
+        && tls.mode != UpstreamTlsMode::Disable
+        && tls.mode != UpstreamTlsMode::Prefer
+    {
+        problems.push(format!(
+            "upstream.tls.mode = {:?} needs a TCP upstream: PostgreSQL does not offer TLS on unix sockets",
+            tls.mode
+        ));
+    }
+
+    let metrics_addr = raw
+        .metrics
+        .addr
+        .as_deref()
+        .and_then(|addr| parse_socket_addr("metrics.addr", addr, &mut problems));
+
+    for (key, value) in [
+        ("timeouts.connect", raw.timeouts.connect),
+        ("timeouts.startup", raw.timeouts.startup),
+    ] {
+        if value.is_zero() {
+            problems.push(format!("{key} must be greater than zero"));
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        problems.push(format!(
+            "log.level = {:?} is not a valid filter: {e}",
+            raw.log.level
+        ));
+    }
+
+    match (listen_addr, target) {
+        (Some(listen_addr), Some(target)) if problems.is_empty() => Ok(Config {
+            listen_addr,
+            max_connections: raw.listen.max_connections,
+            client_tls,
+            upstream: Upstream { target, tls },
+            metrics_addr,
+            timeouts: raw.timeouts,
+            log: raw.log,
+            epoch,
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn parse_socket_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+    match value.parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            problems.push(format!(
+                "{key} = {value:?} is not an IP address with a port, like \"127.0.0.1:6432\""
+            ));
+            None
+        }
+    }
+}
+
+/// `host:port`, `[v6]:port`, or an absolute unix socket path (file or directory).
+fn parse_upstream(addr: &str, port: u16) -> Result<UpstreamTarget, String> {
+    if addr.starts_with('/') {
+        let path = PathBuf::from(addr);
+        return Ok(if path.is_dir() {
+            UpstreamTarget::Unix(path.join(format!(".s.PGSQL.{port}")))
+        } else {
+            UpstreamTarget::Unix(path)
+        });
+    }
+    let problem = || {
+        format!("upstream.addr = {addr:?} is neither host:port nor an absolute unix socket path")
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or_else(problem)?;
+    let port: u16 = port.parse().map_err(|_| problem())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(problem());
+    }
+    Ok(UpstreamTarget::Tcp {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+fn existing_file(key: &str, base: &Path, path: &Path, problems: &mut Vec<String>) -> PathBuf {
+    let full = base.join(path);
+    if !full.is_file() {
+        problems.push(format!(
+            "{key} = {:?}: no such file",
+            full.display().to_string()
+        ));
+    }
+    full
+}
+
+/// FNV-1a of the file text: stable across builds and machines, unlike `DefaultHasher`.
+fn epoch_of(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/tmp/test.toml"), &Overrides::default())
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse("[upstream]\naddr = \"127.0.0.1:5432\"\n").unwrap();
+        assert_eq!(config.listen_addr, "127.0.0.1:6432".parse().unwrap());
+        assert_eq!(
+            config.upstream.target,
+            UpstreamTarget::Tcp {
+                host: "127.0.0.1".into(),
+                port: 5432
+            }
+        );
+        assert_eq!(config.upstream.tls.mode, UpstreamTlsMode::Prefer);
+        assert_eq!(config.timeouts.drain, std::time::Duration::from_secs(30));
+        assert_eq!(config.metrics_addr, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = parse("[upstream]\naddr = \"127.0.0.1:5432\"\nadress = \"x\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("unknown field `adress`"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_with_their_keys() {
+        let err = parse(
+            "[listen]\naddr = \"nope\"\n[upstream]\naddr = \"db\"\n[upstream.tls]\nmode = \"verify-full\"\nca_file = \"missing.pem\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("listen.addr = \"nope\""));
+        assert!(problems[1].starts_with("upstream.addr = \"db\""));
+        assert!(problems[2].starts_with("upstream.tls.ca_file"));
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:7000".into()),
+            upstream: Some("[::1]:5433".into()),
+            metrics: None,
+        };
+        let config = Config::parse(
+            "[upstream]\naddr = \"db:5432\"\n",
+            Path::new("x.toml"),
+            &overrides,
+        )
+        .unwrap();
+        assert_eq!(config.listen_addr.port(), 7000);
+        assert_eq!(config.upstream.describe(), "[::1]:5433");
+    }
+
+    #[test]
+    fn unix_socket_directory_gets_socket_file_name() {
+        let dir = std::env::temp_dir();
+        let text = format!(
+            "[upstream]\naddr = {:?}\nport = 5999\n",
+            dir.display().to_string()
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.upstream.target,
+            UpstreamTarget::Unix(dir.join(".s.PGSQL.5999"))
+        );
+    }
+
+    #[test]
+    fn epoch_changes_with_content() {
+        let a = parse("[upstream]\naddr = \"h:1\"\n").unwrap();
+        let b = parse("[upstream]\naddr = \"h:2\"\n").unwrap();
+        assert_ne!(a.epoch, b.epoch);
+        assert_eq!(a.epoch.len(), 16);
+    }
+}

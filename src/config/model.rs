@@ -1,0 +1,180 @@
+//! The config file's shape: serde structs mirroring `config/pgshift.example.toml`, with defaults.
+//!
+//! Unknown keys are errors (`deny_unknown_fields`): a misspelt key must not silently fall back to a default.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listen: ListenSection,
+    pub upstream: UpstreamSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// Address clients connect to. Not reloadable.
+    #[serde(default = "default_listen_addr")]
+    pub addr: String,
+    /// Client connections over this are refused with SQLSTATE 53300.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    pub tls: Option<ClientTlsSection>,
+}
+
+impl Default for ListenSection {
+    fn default() -> Self {
+        ListenSection {
+            addr: default_listen_addr(),
+            max_connections: default_max_connections(),
+            tls: None,
+        }
+    }
+}
+
+/// TLS offered to clients (answer `S` to SSLRequest).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsSection {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// `allow`: TLS when the client asks; `require`: plaintext sessions are refused (28000).
+    #[serde(default)]
+    pub mode: ClientTlsMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientTlsMode {
+    #[default]
+    Allow,
+    Require,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// `host:port`, or a unix socket: the socket file, or its directory (then `.s.PGSQL.<port>` is appended).
+    pub addr: String,
+    /// Port for a unix socket directory.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: UpstreamTlsSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsSection {
+    #[serde(default)]
+    pub mode: UpstreamTlsMode,
+    /// PEM bundle of CAs trusted for verify-ca / verify-full. Without it the webpki roots are used.
+    pub ca_file: Option<PathBuf>,
+    /// Name checked against the certificate in verify-full; defaults to the host of `upstream.addr`.
+    pub server_name: Option<String>,
+    /// Client certificate presented to the upstream (for `cert` authentication).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// The libpq sslmode values that make sense for a proxy's upstream leg.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// HTTP address for `/metrics` and `/healthz`; absent disables the endpoint.
+    pub addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsSection {
+    /// TCP connect plus TLS handshake to the upstream.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect: Duration,
+    /// A client must finish SSL negotiation and send its StartupMessage within this.
+    #[serde(default = "default_startup_timeout", with = "humantime_serde")]
+    pub startup: Duration,
+    /// On SIGTERM/SIGINT, sessions may finish their transactions for this long before they are closed.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain: Duration,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            connect: default_connect_timeout(),
+            startup: default_startup_timeout(),
+            drain: default_drain_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `pgshift=debug`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn default_listen_addr() -> String {
+    "127.0.0.1:6432".to_owned()
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_startup_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}

@@ -1,0 +1,16 @@
+//! Log output: text or JSON, filtered by `log.level` unless `RUST_LOG` is set.
+
+use crate::config::model::{LogFormat, LogSection};
+use tracing_subscriber::EnvFilter;
+
+/// Installs the global subscriber; a second call (tests, demo after serve) is a no-op.
+pub fn init(log: &LogSection) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}

@@ -1,0 +1,176 @@
+//! Every metric name in one place, the Prometheus recorder, and the HTTP endpoint (`/metrics`, `/healthz`).
+//!
+//! Data-path counters are resolved once into [`Handles`] so that recording costs an atomic add, not a
+//! registry lookup; they are recorded per read batch or per message, never per row.
+
+use crate::proxy::Phase;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, Counter, Gauge, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub const CONNECTIONS_ACTIVE: &str = "pgshift_client_connections_active";
+pub const CONNECTIONS_TOTAL: &str = "pgshift_client_connections_total";
+pub const CONNECTIONS_REFUSED: &str = "pgshift_client_connections_refused_total";
+pub const BYTES: &str = "pgshift_bytes_total";
+pub const MESSAGES: &str = "pgshift_client_messages_total";
+pub const UPSTREAM_CONNECT_FAILURES: &str = "pgshift_upstream_connect_failures_total";
+pub const PROTOCOL_ERRORS: &str = "pgshift_protocol_errors_total";
+pub const SESSION_DURATION: &str = "pgshift_session_duration_seconds";
+pub const CANCEL_REQUESTS: &str = "pgshift_cancel_requests_total";
+pub const CONFIG_INFO: &str = "pgshift_config_info";
+
+/// Client message kinds counted in [`MESSAGES`], by frontend tag.
+const MESSAGE_KINDS: [(u8, &str); 11] = [
+    (b'Q', "query"),
+    (b'P', "parse"),
+    (b'B', "bind"),
+    (b'D', "describe"),
+    (b'E', "execute"),
+    (b'C', "close"),
+    (b'S', "sync"),
+    (b'H', "flush"),
+    (b'F', "function_call"),
+    (b'd', "copy_data"),
+    (b'X', "terminate"),
+];
+
+/// Pre-resolved handles for the per-message and per-batch counters.
+pub struct Handles {
+    pub bytes_from_client: Counter,
+    pub bytes_from_upstream: Counter,
+    pub connections_active: Gauge,
+    messages: [Counter; 256],
+}
+
+impl Handles {
+    pub fn message(&self, tag: u8) -> &Counter {
+        &self.messages[tag as usize]
+    }
+}
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLES: OnceLock<Handles> = OnceLock::new();
+
+/// Installs the global recorder once per process and returns its handle; later calls reuse it.
+pub fn install() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(SESSION_DURATION.to_owned()),
+                    &[0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0],
+                )
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program); ours still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+pub fn handles() -> &'static Handles {
+    HANDLES.get_or_init(|| Handles {
+        bytes_from_client: counter!(BYTES, "direction" => "client_to_upstream"),
+        bytes_from_upstream: counter!(BYTES, "direction" => "upstream_to_client"),
+        connections_active: gauge!(CONNECTIONS_ACTIVE),
+        messages: std::array::from_fn(|tag| {
+            let kind = MESSAGE_KINDS
+                .iter()
+                .find(|(t, _)| usize::from(*t) == tag)
+                .map_or("other", |(_, k)| k);
+            counter!(MESSAGES, "message" => kind)
+        }),
+    })
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS_ACTIVE, "Client connections open now.");
+    describe_counter!(CONNECTIONS_TOTAL, "Client connections accepted.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Client connections refused, by reason."
+    );
+    describe_counter!(BYTES, Unit::Bytes, "Bytes forwarded, by direction.");
+    describe_counter!(
+        MESSAGES,
+        "Client protocol messages forwarded, by message kind."
+    );
+    describe_counter!(
+        UPSTREAM_CONNECT_FAILURES,
+        "Failed connections to the upstream, by cause."
+    );
+    describe_counter!(
+        PROTOCOL_ERRORS,
+        "Sessions ended by a protocol violation, by the side at fault."
+    );
+    describe_histogram!(SESSION_DURATION, Unit::Seconds, "Client session lifetimes.");
+    describe_counter!(CANCEL_REQUESTS, "Cancel requests received, by outcome.");
+    describe_gauge!(
+        CONFIG_INFO,
+        "Always 1; the label `epoch` is the loaded config's content hash."
+    );
+}
+
+/// What the HTTP endpoint reports besides metrics.
+pub struct HttpState {
+    pub prometheus: PrometheusHandle,
+    pub phase: watch::Receiver<Phase>,
+}
+
+/// Serves `/metrics` and `/healthz` until the task is dropped.
+pub async fn serve_http(listener: TcpListener, state: Arc<HttpState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &req)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+fn respond(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            state.prometheus.render(),
+        ),
+        (&Method::GET, "/healthz") if *state.phase.borrow() != Phase::Running => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "draining\n".to_owned(),
+        ),
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

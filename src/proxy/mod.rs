@@ -1,0 +1,145 @@
+//! The proxy: accepting clients, running sessions, and shutting down gracefully.
+
+pub mod cancel;
+pub mod pending;
+pub mod pump;
+pub mod session;
+pub mod stream;
+pub mod upstream;
+
+use crate::config::model::ClientTlsMode;
+use crate::config::{Config, Upstream};
+use crate::metrics::{CONFIG_INFO, CONNECTIONS_TOTAL};
+use crate::protocol::tls::{self, TlsSetupError, UpstreamTls};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn, Instrument};
+
+/// Lifecycle of the proxy as a whole, broadcast to every session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// Not accepting; sessions close at their next idle point (no transaction, nothing in flight).
+    Draining,
+    /// Drain timeout passed: every session closes now with 57P01.
+    Closing,
+}
+
+pub struct ClientTlsSetup {
+    pub acceptor: TlsAcceptor,
+    pub mode: ClientTlsMode,
+}
+
+/// What all sessions share: the config and what was prepared from it.
+pub struct Shared {
+    pub config: Config,
+    pub upstream: Arc<Upstream>,
+    pub upstream_tls: UpstreamTls,
+    pub client_tls: Option<ClientTlsSetup>,
+    pub cancels: cancel::Registry,
+    /// Sessions past negotiation, counted against `listen.max_connections`.
+    pub active: AtomicUsize,
+    pub phase: watch::Receiver<Phase>,
+}
+
+impl Shared {
+    pub fn new(config: Config, phase: watch::Receiver<Phase>) -> Result<Shared, TlsSetupError> {
+        let client_tls = match &config.client_tls {
+            Some(t) => Some(ClientTlsSetup {
+                acceptor: tls::acceptor(t)?,
+                mode: t.mode,
+            }),
+            None => None,
+        };
+        Ok(Shared {
+            upstream_tls: UpstreamTls::new(&config.upstream)?,
+            upstream: Arc::new(config.upstream.clone()),
+            client_tls,
+            config,
+            cancels: cancel::Registry::default(),
+            active: AtomicUsize::new(0),
+            phase,
+        })
+    }
+}
+
+/// Accepts clients on `listener` until `control` leaves `Running`, then drains: sessions close at their next
+/// idle point, and any left after `timeouts.drain` (or when `control` says `Closing`) are closed with 57P01.
+/// Returns when every session has ended.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    mut control: watch::Receiver<Phase>,
+) -> Result<(), TlsSetupError> {
+    let drain_timeout = config.timeouts.drain;
+    metrics::gauge!(CONFIG_INFO, "epoch" => config.epoch.clone()).set(1.0);
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let shared = Arc::new(Shared::new(config, phase_rx)?);
+    info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        upstream = %shared.upstream.describe(),
+        epoch = %shared.config.epoch,
+        "pgshift is accepting connections"
+    );
+    // Each session holds a clone; when all are dropped, `recv` returns None and the drain is over.
+    let (alive_tx, mut alive_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let ids = AtomicU64::new(1);
+
+    while *control.borrow_and_update() == Phase::Running {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                metrics::counter!(CONNECTIONS_TOTAL).increment(1);
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                let shared = shared.clone();
+                let alive = alive_tx.clone();
+                tokio::spawn(async move {
+                    session::run(shared, tcp, peer).await;
+                    drop(alive);
+                }.instrument(tracing::info_span!("conn", id)));
+            }
+            changed = control.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
+    drop(listener);
+    drop(alive_tx);
+    let _ = phase_tx.send(Phase::Draining);
+    info!(
+        active = shared.active.load(Ordering::Relaxed),
+        drain_timeout = ?drain_timeout,
+        "draining: sessions close at their next idle point"
+    );
+    let forced = async {
+        tokio::select! {
+            _ = tokio::time::sleep(drain_timeout) => {}
+            _ = control.wait_for(|p| *p == Phase::Closing) => {}
+        }
+    };
+    tokio::select! {
+        _ = alive_rx.recv() => {}
+        _ = forced => {
+            warn!(active = shared.active.load(Ordering::Relaxed), "closing the remaining sessions");
+            let _ = phase_tx.send(Phase::Closing);
+            let _ = alive_rx.recv().await;
+        }
+    }
+    info!("all sessions ended");
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! A running pgshift: binds the client and metrics listeners, serves until told to stop.
+//! `main`, the demo and the integration tests all start pgshift through here.
+
+use crate::config::Config;
+use crate::metrics::{self, HttpState};
+use crate::protocol::tls::TlsSetupError;
+use crate::proxy::{self, Phase};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+}
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    control: Controller,
+    task: JoinHandle<Result<(), TlsSetupError>>,
+    http: Option<JoinHandle<()>>,
+}
+
+/// Binds `config.listen_addr` (port 0 picks a free port) and the metrics address, and starts serving.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let prometheus = metrics::install();
+    // Fail on bad TLS files now, before accepting anyone.
+    let (control, control_rx) = watch::channel(Phase::Running);
+    drop(proxy::Shared::new(config.clone(), control_rx.clone())?);
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let listener = bind(config.listen_addr).await?;
+    let addr = listener.local_addr().expect("bound socket has an address");
+    let (http, metrics_addr) = match config.metrics_addr {
+        Some(maddr) => {
+            let http_listener = bind(maddr).await?;
+            let bound = http_listener
+                .local_addr()
+                .expect("bound socket has an address");
+            let state = Arc::new(HttpState {
+                prometheus,
+                phase: control_rx.clone(),
+            });
+            (
+                Some(tokio::spawn(metrics::serve_http(http_listener, state))),
+                Some(bound),
+            )
+        }
+        None => (None, None),
+    };
+    let task = tokio::spawn(proxy::serve(listener, config, control_rx));
+    Ok(Running {
+        addr,
+        metrics_addr,
+        control: Controller(Arc::new(control)),
+        task,
+        http,
+    })
+}
+
+/// Tells a running pgshift to stop; cheap to clone into a signal handler.
+#[derive(Clone)]
+pub struct Controller(Arc<watch::Sender<Phase>>);
+
+impl Controller {
+    /// Stop accepting; sessions close at their next idle point or at the drain timeout.
+    pub fn drain(&self) {
+        self.0.send_if_modified(|p| {
+            let changed = *p == Phase::Running;
+            if changed {
+                *p = Phase::Draining;
+            }
+            changed
+        });
+    }
+
+    /// Close every session now.
+    pub fn close(&self) {
+        let _ = self.0.send(Phase::Closing);
+    }
+
+    pub fn phase(&self) -> Phase {
+        *self.0.borrow()
+    }
+}
+
+impl Running {
+    pub fn controller(&self) -> Controller {
+        self.control.clone()
+    }
+
+    pub fn drain(&self) {
+        self.control.drain();
+    }
+
+    pub fn close(&self) {
+        self.control.close();
+    }
+
+    /// Waits until the proxy has stopped (after `drain` or `close`).
+    pub async fn wait(self) -> Result<(), TlsSetupError> {
+        let result = self.task.await.unwrap_or(Ok(()));
+        if let Some(http) = self.http {
+            http.abort();
+        }
+        result
+    }
+}

@@ -1,0 +1,211 @@
+//! Upstream failures, connection limits, metrics and graceful shutdown on SIGTERM.
+
+use crate::raw::{message, query, sqlstate, Raw};
+use crate::support::{cluster, connect, fresh_db, http_get, proxy, start_proxy, ProxyOptions};
+use pgshift::pgcluster::free_port;
+use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_gives_connection_failure_naming_it() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = start_proxy(ProxyOptions {
+        upstream: dead.clone(),
+        ..Default::default()
+    })
+    .await;
+    let err = tokio_postgres::connect(&proxy.url("postgres"), NoTls)
+        .await
+        .err()
+        .expect("connect fails");
+    assert_eq!(err.code(), Some(&SqlState::CONNECTION_FAILURE), "{err}");
+    let db = err.as_db_error().unwrap();
+    assert!(
+        db.message().starts_with(&format!(
+            "pgshift could not connect to upstream PostgreSQL at {dead}: "
+        )),
+        "{}",
+        db.message()
+    );
+    let (_, metrics) = http_get(proxy.metrics_addr, "/metrics").await;
+    assert!(
+        metrics.contains("pgshift_upstream_connect_failures_total{reason=\"io\"}"),
+        "{metrics}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_with_53300() {
+    let db = fresh_db("t_limit").await;
+    let proxy = start_proxy(ProxyOptions {
+        max_connections: 2,
+        ..Default::default()
+    })
+    .await;
+    let a = connect(&proxy.url(&db)).await;
+    let b = connect(&proxy.url(&db)).await;
+    let err = tokio_postgres::connect(&proxy.url(&db), NoTls)
+        .await
+        .err()
+        .expect("third is refused");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+    drop(a);
+    // The slot frees once the first session has ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio_postgres::connect(&proxy.url(&db), NoTls).await {
+            Ok((c, conn)) => {
+                tokio::spawn(conn);
+                assert_eq!(
+                    c.query_one("SELECT 1", &[]).await.unwrap().get::<_, i32>(0),
+                    1
+                );
+                break;
+            }
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("slot never freed: {e}"),
+        }
+    }
+    drop(b);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_health_endpoints() {
+    let db = fresh_db("t_metrics").await;
+    let proxy = proxy().await;
+    let client = connect(&proxy.url(&db)).await;
+    client.query("SELECT $1::int", &[&1i32]).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    let (status, body) = http_get(proxy.metrics_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "pgshift_client_connections_total",
+        "pgshift_client_connections_active",
+        "pgshift_bytes_total{direction=\"client_to_upstream\"}",
+        "pgshift_bytes_total{direction=\"upstream_to_client\"}",
+        "pgshift_client_messages_total{message=\"parse\"}",
+        "pgshift_client_messages_total{message=\"query\"}",
+        "pgshift_config_info{epoch=",
+    ] {
+        assert!(body.contains(name), "missing {name} in\n{body}");
+    }
+    assert_eq!(
+        http_get(proxy.metrics_addr, "/healthz").await,
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(http_get(proxy.metrics_addr, "/nope").await.0, 404);
+    proxy.control.drain();
+    assert_eq!(
+        http_get(proxy.metrics_addr, "/healthz").await,
+        (503, "draining\n".to_owned())
+    );
+    drop(client);
+    proxy.stop().await;
+}
+
+/// pgshift as a child process, so SIGTERM is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_sessions_then_closes_the_rest() {
+    let db = fresh_db("t_sigterm").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct
+        .batch_execute("CREATE TABLE done (id int)")
+        .await
+        .unwrap();
+
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgshift.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\naddr = \"{}\"\n[upstream.tls]\nmode = \"disable\"\n\
+             [timeouts]\ndrain = \"3s\"\n",
+            cluster().addr()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "pgshift did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut idle = Raw::login(addr, &db).await;
+    let mut finishing = Raw::login(addr, &db).await;
+    let mut stuck = Raw::login(addr, &db).await;
+    finishing
+        .send(&query("BEGIN; INSERT INTO done VALUES (1)"))
+        .await;
+    assert_eq!(finishing.read_until_ready().await.last().unwrap().1, b"T");
+    stuck.send(&query("BEGIN")).await;
+    assert_eq!(stuck.read_until_ready().await.last().unwrap().1, b"T");
+
+    let signalled = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    // The idle session is closed at once with 57P01.
+    let replies = idle.read_to_end().await;
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(sqlstate(&replies[0].1), "57P01");
+    assert_eq!(
+        message(&replies[0].1),
+        "terminating connection because pgshift is shutting down"
+    );
+    // New connections are no longer accepted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listener still open after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A session inside a transaction may finish it; it is closed once idle.
+    finishing
+        .send(&query("INSERT INTO done VALUES (2); COMMIT"))
+        .await;
+    let replies = finishing.read_until_ready().await;
+    assert_eq!(replies.last().unwrap().1, b"I");
+    let replies = finishing.read_to_end().await;
+    assert_eq!(sqlstate(&replies[0].1), "57P01");
+    // A session that never finishes is closed at the drain timeout.
+    let replies = stuck.read_to_end().await;
+    assert_eq!(sqlstate(&replies[0].1), "57P01");
+    let waited = signalled.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "closed after {waited:?}, before the drain timeout"
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "pgshift exited with {status}");
+    let ids: Vec<i32> = direct
+        .query("SELECT id FROM done ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![1, 2]);
+}

@@ -1,0 +1,12 @@
+//! Integration tests: real PostgreSQL, pgshift in front of it, real clients. One binary, one cluster.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod auth;
+mod clients;
+mod drivers;
+mod lifecycle;
+mod raw;
+mod tls;
+mod tokio_pg;

@@ -1,0 +1,287 @@
+//! Test support: one throwaway PostgreSQL cluster per test binary (with TLS and password roles), a fresh
+//! database per test, and pgshift started in-process on free ports.
+
+#![allow(dead_code)]
+
+use pgshift::config::{Config, Overrides};
+use pgshift::pgcluster::{Cluster, Options};
+use pgshift::server::{self, Controller};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use tokio::task::JoinHandle;
+use tokio_postgres::{Client, NoTls};
+
+/// Password roles created in the cluster, with the pg_hba method each must use.
+pub const MD5_USER: (&str, &str) = ("md5_user", "md5 pass");
+pub const SCRAM_USER: (&str, &str) = ("scram_user", "scram pass");
+pub const PASSWORD_USER: (&str, &str) = ("pw_user", "clear pass");
+
+pub struct Certs {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1, used by both Postgres and pgshift.
+pub fn certs() -> &'static Certs {
+    static CERTS: OnceLock<Certs> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "pgshift test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pgshift-certs-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        Certs {
+            ca: write("ca.crt", &ca_cert.pem()),
+            cert: write("server.crt", &cert.pem()),
+            key: write("server.key", &key.serialize_pem()),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    })
+}
+
+/// The cluster shared by every test in this binary. Panics with install instructions if Postgres is missing.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let certs = certs();
+        let options = Options {
+            hba: vec![
+                format!("host all {} 127.0.0.1/32 md5", MD5_USER.0),
+                format!("host all {} 127.0.0.1/32 scram-sha-256", SCRAM_USER.0),
+                format!("host all {} 127.0.0.1/32 password", PASSWORD_USER.0),
+            ],
+            settings: vec![],
+            tls: Some((certs.cert_pem.clone(), certs.key_pem.clone())),
+        };
+        let cluster = Cluster::start(&options)
+            .unwrap_or_else(|e| panic!("cannot start the test cluster: {e}"));
+        let sql = format!(
+            "SET password_encryption = 'md5'; CREATE ROLE {} LOGIN PASSWORD '{}';
+             SET password_encryption = 'scram-sha-256'; CREATE ROLE {} LOGIN PASSWORD '{}';
+             CREATE ROLE {} LOGIN PASSWORD '{}';",
+            MD5_USER.0, MD5_USER.1, SCRAM_USER.0, SCRAM_USER.1, PASSWORD_USER.0, PASSWORD_USER.1
+        );
+        let out = std::process::Command::new(psql_path())
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &cluster.url("postgres"),
+                "-c",
+                &sql,
+            ])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "creating roles: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster
+    })
+}
+
+fn tool_path(name: &str) -> PathBuf {
+    let candidate = pgshift::pgcluster::find_bin_dir()
+        .map(|dir| dir.join(name))
+        .unwrap_or_default();
+    if candidate.is_file() {
+        candidate
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+pub fn psql_path() -> PathBuf {
+    tool_path("psql")
+}
+
+pub fn pgbench_path() -> PathBuf {
+    tool_path("pgbench")
+}
+
+/// Creates an empty database named after the test and returns its name.
+pub async fn fresh_db(name: &str) -> String {
+    let admin = connect(&cluster().url("postgres")).await;
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    name.to_owned()
+}
+
+/// Connects with tokio-postgres and drives the connection on this test's runtime.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// How to configure the pgshift under test.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    pub upstream: String,
+    pub upstream_tls: String,
+    /// `listen.tls.mode`, with the test certificate; `None` disables TLS for clients.
+    pub client_tls: Option<&'static str>,
+    pub max_connections: usize,
+    pub drain: &'static str,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            upstream: cluster().addr(),
+            upstream_tls: "mode = \"disable\"".to_owned(),
+            client_tls: None,
+            max_connections: 1000,
+            drain: "30s",
+        }
+    }
+}
+
+impl ProxyOptions {
+    pub fn toml(&self) -> String {
+        let certs = certs();
+        let client_tls = match self.client_tls {
+            Some(mode) => format!(
+                "[listen.tls]\ncert_file = {:?}\nkey_file = {:?}\nmode = {mode:?}\n",
+                certs.cert.display().to_string(),
+                certs.key.display().to_string()
+            ),
+            None => String::new(),
+        };
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\nmax_connections = {}\n{client_tls}\
+             [upstream]\naddr = {:?}\n[upstream.tls]\n{}\n\
+             [metrics]\naddr = \"127.0.0.1:0\"\n[timeouts]\ndrain = {:?}\nconnect = \"2s\"\n",
+            self.max_connections, self.upstream, self.upstream_tls, self.drain
+        )
+    }
+
+    pub fn config(&self) -> Config {
+        Config::parse(
+            &self.toml(),
+            Path::new("/tmp/pgshift-test.toml"),
+            &Overrides::default(),
+        )
+        .unwrap_or_else(|e| panic!("test config: {e}"))
+    }
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub control: Controller,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.addr.port())
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Drains, then waits for the proxy to stop.
+    pub async fn stop(self) {
+        self.control.drain();
+        self.control.close();
+        let _ = self.task.await;
+    }
+}
+
+pub async fn start_proxy(options: ProxyOptions) -> Proxy {
+    let running = server::start(options.config())
+        .await
+        .expect("pgshift starts");
+    let (addr, metrics_addr, control) = (
+        running.addr,
+        running.metrics_addr.unwrap(),
+        running.controller(),
+    );
+    let task = tokio::spawn(async move {
+        running.wait().await.unwrap();
+    });
+    Proxy {
+        addr,
+        metrics_addr,
+        control,
+        task,
+    }
+}
+
+/// A proxy in front of the shared cluster with default options.
+pub async fn proxy() -> Proxy {
+    start_proxy(ProxyOptions::default()).await
+}
+
+/// Runs a command and returns (status success, stdout, stderr).
+pub async fn run(cmd: &mut tokio::process::Command) -> (bool, String, String) {
+    let out = cmd
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Fetches a path from the metrics endpoint with a bare HTTP/1.1 GET; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
