@@ -99,6 +99,8 @@ async fn metrics_and_health_endpoints() {
         (200, "ok\n".to_owned())
     );
     assert_eq!(http_get(proxy.metrics_addr, "/nope").await.0, 404);
+    // While a transaction keeps the drain going, the health check tells load balancers to stop sending.
+    client.batch_execute("BEGIN").await.unwrap();
     proxy.control.drain();
     assert_eq!(
         http_get(proxy.metrics_addr, "/healthz").await,
@@ -118,31 +120,7 @@ async fn sigterm_drains_sessions_then_closes_the_rest() {
         .await
         .unwrap();
 
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("pgshift.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\naddr = \"{}\"\n[upstream.tls]\nmode = \"disable\"\n\
-             [timeouts]\ndrain = \"3s\"\n",
-            cluster().addr()
-        ),
-    )
-    .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .kill_on_drop(true)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "pgshift did not start listening");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, addr, _dir) = spawn_pgshift("[timeouts]\ndrain = \"3s\"\n").await;
 
     let mut idle = Raw::login(addr, &db).await;
     let mut finishing = Raw::login(addr, &db).await;
@@ -208,4 +186,75 @@ async fn sigterm_drains_sessions_then_closes_the_rest() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ids, vec![1, 2]);
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Starts the pgshift binary on a free port; returns the child and its address.
+async fn spawn_pgshift(extra: &str) -> (tokio::process::Child, std::net::SocketAddr, tempfile::TempDir) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgshift.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\naddr = \"{}\"\n[upstream.tls]\nmode = \"disable\"\n{extra}",
+            cluster().addr()
+        ),
+    )
+    .unwrap();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "pgshift did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, addr, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_gets_backpressure_not_buffering() {
+    let db = fresh_db("t_slow_reader").await;
+    let (mut child, addr, _dir) = spawn_pgshift("").await;
+    let pid = child.id().unwrap();
+    let mut raw = Raw::login(addr, &db).await;
+    let before = rss_kib(pid);
+    // About 200 MB of rows; the client reads nothing for a while.
+    raw.send(&query("SELECT g, repeat('x', 1000) FROM generate_series(1, 200000) g")).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = rss_kib(pid);
+    assert!(
+        stalled < before + 16 * 1024,
+        "pgshift grew from {before} KiB to {stalled} KiB while the client was not reading"
+    );
+    // Then everything arrives intact.
+    let mut total = 0usize;
+    let mut rows = 0usize;
+    loop {
+        let (tag, body) = raw.read().await.unwrap();
+        total += body.len() + 5;
+        match tag {
+            b'D' => rows += 1,
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    assert_eq!(rows, 200_000);
+    assert!(total > 200_000_000);
+    child.kill().await.unwrap();
 }

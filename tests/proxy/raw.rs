@@ -323,3 +323,60 @@ async fn plaintext_after_ssl_request_is_refused() {
     assert_eq!(message(body), "received unencrypted data after SSL request");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negotiate_protocol_version_is_relayed() {
+    let db = fresh_db("t_raw_negotiate").await;
+    let proxy = proxy().await;
+    // Protocol 3.9 with an unknown protocol option: the server answers NegotiateProtocolVersion and goes on.
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&0x0003_0009u32.to_be_bytes());
+    for (k, v) in [("user", "postgres"), ("database", db.as_str()), ("_pq_.pgshift_test", "1")] {
+        packet.extend_from_slice(k.as_bytes());
+        packet.push(0);
+        packet.extend_from_slice(v.as_bytes());
+        packet.push(0);
+    }
+    packet.push(0);
+    let mut startup = ((packet.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend(packet);
+    let login = |addr: SocketAddr| {
+        let startup = startup.clone();
+        async move {
+            let mut raw = Raw::connect(addr).await;
+            raw.send(&startup).await;
+            raw.read_until_ready().await
+        }
+    };
+    let through = login(proxy.addr).await;
+    let direct = login(cluster().addr().parse().unwrap()).await;
+    assert_eq!(through[0].0, b'v', "{:?}", tags(&through));
+    assert_eq!(through[0].1, direct[0].1);
+    assert!(String::from_utf8_lossy(&through[0].1).contains("_pq_.pgshift_test"));
+    assert_eq!(tags(&through).replace('S', ""), tags(&direct).replace('S', ""));
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_upstream() {
+    let db = fresh_db("t_raw_unix").await;
+    let proxy = start_proxy(ProxyOptions {
+        upstream: cluster().dir.display().to_string(),
+        ..Default::default()
+    })
+    .await;
+    // `port` defaults to 5432; the cluster listens elsewhere, so name the socket file itself.
+    proxy.stop().await;
+    let socket = cluster().dir.join(format!(".s.PGSQL.{}", cluster().port));
+    let proxy = start_proxy(ProxyOptions {
+        upstream: socket.display().to_string(),
+        ..Default::default()
+    })
+    .await;
+    let mut raw = Raw::login(proxy.addr, &db).await;
+    raw.send(&query("SELECT inet_client_addr() IS NULL AS over_unix_socket")).await;
+    let replies = raw.read_until_ready().await;
+    assert_eq!(tags(&replies), "TDCZ");
+    assert_eq!(&replies[1].1[6..], b"t");
+    proxy.stop().await;
+}
