@@ -338,10 +338,23 @@ mod tests {
     #[test]
     fn example_config_is_valid_and_documents_every_section() {
         let text = include_str!("../../config/pgshift.example.toml");
-        let config = Config::parse(text, Path::new("config/pgshift.example.toml"), &Overrides::default()).unwrap();
+        let config = Config::parse(
+            text,
+            Path::new("config/pgshift.example.toml"),
+            &Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(config.listen_addr, "127.0.0.1:6432".parse().unwrap());
         assert_eq!(config.metrics_addr, Some("127.0.0.1:9187".parse().unwrap()));
-        for key in ["[listen.tls]", "cert_file", "key_file", "server_name", "ca_file", "max_connections", "drain"] {
+        for key in [
+            "[listen.tls]",
+            "cert_file",
+            "key_file",
+            "server_name",
+            "ca_file",
+            "max_connections",
+            "drain",
+        ] {
             assert!(text.contains(key), "example config does not mention {key}");
         }
     }

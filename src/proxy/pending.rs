@@ -17,6 +17,10 @@ pub enum Request {
     Execute,
     Close,
     Sync,
+    /// Not a request: where the client's CopyDone/CopyFail sits in the stream. The server ignores Sync while
+    /// in copy-in mode, so the Syncs between an Execute that starts COPY FROM STDIN and this marker get no
+    /// response.
+    CopyEnd,
 }
 
 impl Request {
@@ -31,13 +35,17 @@ impl Request {
             b'E' => Request::Execute,
             b'C' => Request::Close,
             b'S' => Request::Sync,
+            b'c' | b'f' => Request::CopyEnd,
             _ => return None,
         })
     }
 
     /// Whether this message is part of the extended protocol, where an error skips to the next Sync.
     fn is_extended(self) -> bool {
-        !matches!(self, Request::Query | Request::FunctionCall | Request::Sync)
+        !matches!(
+            self,
+            Request::Query | Request::FunctionCall | Request::Sync | Request::CopyEnd
+        )
     }
 }
 
@@ -59,10 +67,22 @@ pub struct Pending {
     queue: VecDeque<Request>,
     /// An extended-protocol error happened and no Sync has been sent since: the server ignores requests.
     skipping: bool,
+    /// The server is in copy-in mode and the client's CopyDone/CopyFail has not been pushed yet.
+    copy_in: bool,
 }
 
 impl Pending {
     pub fn push(&mut self, request: Request) {
+        if self.copy_in {
+            match request {
+                Request::Sync => return,
+                Request::CopyEnd => {
+                    self.copy_in = false;
+                    return;
+                }
+                _ => {}
+            }
+        }
         if self.skipping {
             if request == Request::Sync {
                 self.skipping = false;
@@ -75,15 +95,37 @@ impl Pending {
 
     /// Nothing is owed: the session sits between requests.
     pub fn is_idle(&self) -> bool {
-        self.queue.is_empty() && !self.skipping
+        !self.skipping && !self.copy_in && self.queue.iter().all(|&r| r == Request::CopyEnd)
     }
 
+    /// Requests still owed a response.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queue
+            .iter()
+            .filter(|&&r| r != Request::CopyEnd)
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
+    }
+
+    /// CopyInResponse: the Syncs the client sent before its CopyDone/CopyFail are ignored by the server.
+    fn enter_copy_in(&mut self) {
+        let mut i = 1;
+        while i < self.queue.len() {
+            match self.queue[i] {
+                Request::Sync => {
+                    self.queue.remove(i);
+                }
+                Request::CopyEnd => {
+                    self.queue.remove(i);
+                    return;
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = true;
     }
 
     /// Matches one backend message tag against the front of the queue.
@@ -92,10 +134,19 @@ impl Pending {
         if matches!(tag, b'N' | b'A' | b'S') {
             return Matched::Partial;
         }
+        // A CopyDone/CopyFail sent after the copy had already ended (the server drops it).
+        while self.queue.front() == Some(&Request::CopyEnd) {
+            self.queue.pop_front();
+        }
         let Some(&front) = self.queue.front() else {
             return Matched::Unexpected;
         };
+        if tag == b'G' {
+            self.enter_copy_in();
+        }
         if tag == b'E' {
+            // An error ends copy-in mode; later copy messages are dropped by the server.
+            self.copy_in = false;
             if !front.is_extended() {
                 // Simple query, function call, or a failed commit at Sync: ReadyForQuery still follows.
                 return Matched::Partial;
@@ -106,11 +157,17 @@ impl Pending {
                 .iter()
                 .position(|&r| r == Request::Sync)
                 .unwrap_or(self.queue.len());
+            let skipped_requests = self
+                .queue
+                .iter()
+                .take(skipped)
+                .filter(|&&r| r != Request::CopyEnd)
+                .count();
             self.queue.drain(..skipped);
-            self.skipping = self.queue.is_empty();
+            self.skipping = !self.queue.contains(&Request::Sync);
             return Matched::Failed {
                 request: front,
-                skipped,
+                skipped: skipped_requests,
             };
         }
         let done = match (front, tag) {
@@ -125,6 +182,9 @@ impl Pending {
         };
         if done {
             self.queue.pop_front();
+            if tag == b'Z' {
+                self.copy_in = false;
+            }
             Matched::Done(front)
         } else {
             Matched::Partial
@@ -208,12 +268,73 @@ mod tests {
 
     #[test]
     fn statement_describe_and_copy_in_execute() {
-        let mut p = pending(&[Describe, Execute, Sync]);
+        let mut p = pending(&[Describe, Execute, CopyEnd, Sync]);
         assert_eq!(p.on_backend(b't'), Matched::Partial);
         assert_eq!(p.on_backend(b'n'), Matched::Done(Describe));
         assert_eq!(p.on_backend(b'G'), Matched::Partial);
         assert_eq!(p.on_backend(b'C'), Matched::Done(Execute));
         assert_eq!(p.on_backend(b'Z'), Matched::Done(Sync));
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_reply() {
+        // tokio-postgres: Bind, Execute, Sync, then CopyData…, CopyDone, Sync. The first Sync arrives while the
+        // server is in copy-in mode and is ignored.
+        let mut p = pending(&[Bind, Execute, Sync, CopyEnd, Sync]);
+        assert_eq!(p.on_backend(b'2'), Matched::Done(Bind));
+        assert_eq!(p.on_backend(b'G'), Matched::Partial);
+        assert_eq!(p.on_backend(b'C'), Matched::Done(Execute));
+        assert_eq!(p.on_backend(b'Z'), Matched::Done(Sync));
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn copy_in_before_the_client_finished_sending() {
+        let mut p = pending(&[Bind, Execute, Sync]);
+        p.on_backend(b'2');
+        assert_eq!(p.on_backend(b'G'), Matched::Partial);
+        p.push(Sync); // Flush/Sync while copying: ignored by the server
+        p.push(CopyEnd);
+        p.push(Sync);
+        assert_eq!(p.on_backend(b'C'), Matched::Done(Execute));
+        assert_eq!(p.on_backend(b'Z'), Matched::Done(Sync));
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn error_during_copy_in_skips_to_the_sync_after_it() {
+        let mut p = pending(&[Bind, Execute, Sync]);
+        p.on_backend(b'2');
+        p.on_backend(b'G');
+        assert_eq!(
+            p.on_backend(b'E'),
+            Matched::Failed {
+                request: Execute,
+                skipped: 0
+            }
+        );
+        p.push(CopyEnd); // dropped by the server after the error
+        p.push(Sync);
+        assert_eq!(p.on_backend(b'Z'), Matched::Done(Sync));
+        assert!(p.is_idle());
+    }
+
+    #[test]
+    fn simple_query_copy_in() {
+        let mut p = pending(&[Query, CopyEnd]);
+        assert_eq!(p.on_backend(b'G'), Matched::Partial);
+        assert_eq!(p.on_backend(b'C'), Matched::Partial);
+        assert_eq!(p.on_backend(b'Z'), Matched::Done(Query));
+        assert!(p.is_idle());
+        // A CopyDone the server drops (the copy had already failed) leaves no debt.
+        let mut p = pending(&[Query]);
+        p.on_backend(b'G');
+        p.on_backend(b'E');
+        assert_eq!(p.on_backend(b'Z'), Matched::Done(Query));
+        p.push(CopyEnd);
+        assert!(p.is_idle());
+        p.push(Query);
+        assert_eq!(p.on_backend(b'Z'), Matched::Done(Query));
     }
 
     #[test]

@@ -199,7 +199,13 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Starts the pgshift binary on a free port; returns the child and its address.
-async fn spawn_pgshift(extra: &str) -> (tokio::process::Child, std::net::SocketAddr, tempfile::TempDir) {
+async fn spawn_pgshift(
+    extra: &str,
+) -> (
+    tokio::process::Child,
+    std::net::SocketAddr,
+    tempfile::TempDir,
+) {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("pgshift.toml");
@@ -235,7 +241,10 @@ async fn slow_reader_gets_backpressure_not_buffering() {
     let mut raw = Raw::login(addr, &db).await;
     let before = rss_kib(pid);
     // About 200 MB of rows; the client reads nothing for a while.
-    raw.send(&query("SELECT g, repeat('x', 1000) FROM generate_series(1, 200000) g")).await;
+    raw.send(&query(
+        "SELECT g, repeat('x', 1000) FROM generate_series(1, 200000) g",
+    ))
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stalled = rss_kib(pid);
     assert!(

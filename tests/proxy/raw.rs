@@ -331,7 +331,11 @@ async fn negotiate_protocol_version_is_relayed() {
     // Protocol 3.9 with an unknown protocol option: the server answers NegotiateProtocolVersion and goes on.
     let mut packet = Vec::new();
     packet.extend_from_slice(&0x0003_0009u32.to_be_bytes());
-    for (k, v) in [("user", "postgres"), ("database", db.as_str()), ("_pq_.pgshift_test", "1")] {
+    for (k, v) in [
+        ("user", "postgres"),
+        ("database", db.as_str()),
+        ("_pq_.pgshift_test", "1"),
+    ] {
         packet.extend_from_slice(k.as_bytes());
         packet.push(0);
         packet.extend_from_slice(v.as_bytes());
@@ -353,7 +357,10 @@ async fn negotiate_protocol_version_is_relayed() {
     assert_eq!(through[0].0, b'v', "{:?}", tags(&through));
     assert_eq!(through[0].1, direct[0].1);
     assert!(String::from_utf8_lossy(&through[0].1).contains("_pq_.pgshift_test"));
-    assert_eq!(tags(&through).replace('S', ""), tags(&direct).replace('S', ""));
+    assert_eq!(
+        tags(&through).replace('S', ""),
+        tags(&direct).replace('S', "")
+    );
     proxy.stop().await;
 }
 
@@ -374,7 +381,10 @@ async fn unix_socket_upstream() {
     })
     .await;
     let mut raw = Raw::login(proxy.addr, &db).await;
-    raw.send(&query("SELECT inet_client_addr() IS NULL AS over_unix_socket")).await;
+    raw.send(&query(
+        "SELECT inet_client_addr() IS NULL AS over_unix_socket",
+    ))
+    .await;
     let replies = raw.read_until_ready().await;
     assert_eq!(tags(&replies), "TDCZ");
     assert_eq!(&replies[1].1[6..], b"t");

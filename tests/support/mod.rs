@@ -220,11 +220,21 @@ impl Proxy {
         self.addr.port()
     }
 
-    /// Drains, then waits for the proxy to stop.
+    /// Drains and requires every session to reach an idle point at once. pgshift closes a draining session
+    /// only when its response FIFO is empty outside a transaction, so a FIFO that lost track of a response
+    /// (a protocol desync) would hold the drain until its 30 s timeout: this turns every test into a check
+    /// that request/response matching stayed exact.
     pub async fn stop(self) {
         self.control.drain();
-        self.control.close();
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout(std::time::Duration::from_secs(10), &mut task)
+            .await
+            .is_err()
+        {
+            self.control.close();
+            let _ = task.await;
+            panic!("sessions did not reach an idle point while draining: response matching is out of sync");
+        }
     }
 }
 
