@@ -145,3 +145,72 @@ async fn scram_channel_binding_through_two_tls_legs_fails_clearly() {
     assert_eq!(out.trim(), user);
     proxy.stop().await;
 }
+
+/// PostgreSQL 17 `sslnegotiation=direct`: the connection opens with a TLS ClientHello (ALPN "postgresql")
+/// instead of an SSLRequest. psql 15 cannot do this, so a rustls client plays libpq 17.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_negotiation_with_alpn() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = fresh_db("t_tls_direct").await;
+    let proxy = start_proxy(ProxyOptions {
+        client_tls: Some("require"),
+        ..Default::default()
+    })
+    .await;
+    let connector = |alpn: Option<&[u8]>| {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&certs().ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.into_iter().map(|a| a.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    };
+    let name = ServerName::try_from("localhost").unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut tls = connector(Some(b"postgresql"))
+        .connect(name.clone(), tcp)
+        .await
+        .unwrap();
+    let startup =
+        pgshift::protocol::startup::encode_startup(&[("user", "postgres"), ("database", &db)]);
+    tls.write_all(&startup).await.unwrap();
+    tls.write_all(&crate::raw::query("SELECT 'over direct TLS'"))
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&reply).contains("over direct TLS") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&reply)
+        );
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(reply[0], b'R');
+    drop(tls);
+
+    // Without ALPN "postgresql" a direct TLS connection is dropped, as PostgreSQL 17 does.
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut tls = connector(None).connect(name, tcp).await.unwrap();
+    tls.write_all(&startup).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tls.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    proxy.stop().await;
+}
