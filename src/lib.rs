@@ -10,4 +10,5 @@ pub mod metrics;
 pub mod pgcluster;
 pub mod protocol;
 pub mod proxy;
+pub mod routing;
 pub mod server;

@@ -1,7 +1,9 @@
 //! Configuration: the TOML model, validation into a ready-to-use [`Config`], and loading from disk.
 
+pub mod migration;
 pub mod model;
 
+use migration::{Migration, WriteMode};
 use model::{ClientTlsMode, LogSection, RawConfig, TimeoutsSection, UpstreamTlsMode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +19,7 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub timeouts: TimeoutsSection,
     pub log: LogSection,
+    pub migrations: Vec<Migration>,
     /// Content hash of the file this came from, shown in logs so a fleet can be seen to agree.
     pub epoch: String,
 }
@@ -101,7 +104,7 @@ impl Config {
             raw.metrics.addr = Some(metrics.clone());
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        validate(raw, base, epoch_of(text)).map_err(|problems| ConfigError::Invalid {
+        validate(raw, base, text).map_err(|problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
         })
@@ -120,8 +123,9 @@ fn toml_string(s: &str) -> String {
 }
 
 /// Validates the whole file at once, so the operator sees every problem in one go. Each message names its key.
-fn validate(raw: RawConfig, base: &Path, epoch: String) -> Result<Config, Vec<String>> {
+fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<String>> {
     let mut problems = Vec::new();
+    let migrations = validate_migrations(raw.migrations, text, &mut problems);
 
     let listen_addr = parse_socket_addr("listen.addr", &raw.listen.addr, &mut problems);
     if raw.listen.max_connections == 0 {
@@ -195,10 +199,70 @@ fn validate(raw: RawConfig, base: &Path, epoch: String) -> Result<Config, Vec<St
             metrics_addr,
             timeouts: raw.timeouts,
             log: raw.log,
-            epoch,
+            migrations,
+            epoch: epoch_of(text),
         }),
         _ => Err(problems),
     }
+}
+
+/// Validates each `[[migration]]`, then the rules across them: unique names, one migration per table.
+fn validate_migrations(
+    raw: Vec<migration::RawMigration>,
+    text: &str,
+    problems: &mut Vec<String>,
+) -> Vec<Migration> {
+    // Line of each `[[migration]]` header, so messages point into the file.
+    let lines: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with("[[migration]]"))
+        .map(|(i, _)| i + 1)
+        .collect();
+    let mut migrations = Vec::new();
+    for (i, raw) in raw.into_iter().enumerate() {
+        let at = match lines.get(i) {
+            Some(line) => format!("migration {:?} (line {line})", raw.name),
+            None => format!("migration {:?}", raw.name),
+        };
+        if let Some(m) = migration::validate(raw, &at, problems) {
+            migrations.push(m);
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut tables: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for m in &migrations {
+        if !names.insert(m.name.clone()) {
+            problems.push(format!("migration {:?}: the name is used twice", m.name));
+        }
+        for table in std::iter::once(&m.table).chain(m.new_table.as_ref()) {
+            if let Some(other) = tables.insert(table.to_string(), m.name.clone()) {
+                if other != m.name {
+                    problems.push(format!(
+                        "migrations {other:?} and {:?} both claim table {table}: one migration per table",
+                        m.name
+                    ));
+                }
+            }
+        }
+        if let Some(problem) = unsupported_in_this_build(m) {
+            problems.push(problem);
+        }
+    }
+    migrations
+}
+
+/// Fail closed until the statement rewriter lands: a migration that asks for dual writes or routed reads
+/// would otherwise be silently ignored.
+fn unsupported_in_this_build(m: &Migration) -> Option<String> {
+    let active = m.writes != WriteMode::Off || m.reads_can_route_to_new();
+    active.then(|| {
+        format!(
+            "migration {:?}: dual writes and read routing need the statement rewriter, which this build of \
+             pgshift does not have yet; keep writes = \"off\" and every new_percent at 0",
+            m.name
+        )
+    })
 }
 
 fn parse_socket_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
@@ -356,6 +420,93 @@ mod tests {
             "drain",
         ] {
             assert!(text.contains(key), "example config does not mention {key}");
+        }
+    }
+
+    const TWO_MIGRATIONS: &str = r#"[upstream]
+addr = "127.0.0.1:5432"
+
+[[migration]]
+name = "orders_status"
+kind = "column"
+table = "public.orders"
+key = ["id"]
+columns = [{ old = "legacy_status", new = "new_status", up = "upper(legacy_status)", down = "lower(new_status)" }]
+[migration.reads]
+key = "application_name"
+rules = [{ application_name = "batch_processor", new_percent = 0 }]
+
+[[migration]]
+name = "users_v2"
+kind = "table"
+table = "Users"
+new_table = "v2.users"
+key = ["id"]
+columns = [{ old = "fullname", new = "display_name" }]
+"#;
+
+    #[test]
+    fn migrations_parse_and_fold_names() {
+        let config = parse(TWO_MIGRATIONS).unwrap();
+        assert_eq!(config.migrations.len(), 2);
+        let users = &config.migrations[1];
+        assert_eq!(users.table.to_string(), "public.users");
+        assert_eq!(users.new_table.as_ref().unwrap().to_string(), "v2.users");
+        assert_eq!(users.salt, "users_v2");
+        assert_eq!(config.migrations[0].reads.rules.len(), 1);
+    }
+
+    #[test]
+    fn migration_problems_name_the_entry_and_line() {
+        let text = TWO_MIGRATIONS.replace("upper(legacy_status)", "upper(legacy_status");
+        let ConfigError::Invalid { problems, .. } = parse(&text).unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("migration \"orders_status\" (line 4): columns[0].up = \"upper(legacy_status\" is not a valid SQL expression"), "{}", problems[0]);
+        let text = TWO_MIGRATIONS.replace("new_table = \"v2.users\"", "new_table = \"orders\"");
+        let ConfigError::Invalid { problems, .. } = parse(&text).unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("both claim table public.orders"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn active_migrations_are_refused_until_the_rewriter_exists() {
+        let text = TWO_MIGRATIONS.replace(
+            "key = [\"id\"]\ncolumns = [{ old = \"fullname\"",
+            "key = [\"id\"]\nwrites = \"dual_write\"\ncolumns = [{ old = \"fullname\"",
+        );
+        let ConfigError::Invalid { problems, .. } = parse(&text).unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0]
+            .contains("\"users_v2\": dual writes and read routing need the statement rewriter"));
+    }
+
+    #[test]
+    fn bad_percentages_rules_and_kinds() {
+        let text = "[upstream]\naddr = \"h:1\"\n[[migration]]\nname = \"Bad-Name\"\nkind = \"table\"\ntable = \"t\"\n\
+                    [migration.reads]\nnew_percent = 101.0\nrules = [{ new_percent = 5 }, { client_cidr = \"10/8\", new_percent = 0 }]\n";
+        let ConfigError::Invalid { problems, .. } = parse(text).unwrap_err() else {
+            panic!()
+        };
+        let all = problems.join("\n");
+        for want in [
+            "name = \"Bad-Name\" must be",
+            "kind = \"table\" needs new_table",
+            "key must name the primary-key column(s)",
+            "reads.new_percent = 101 must be between 0 and 100",
+            "reads.rules[0] matches nothing",
+            "reads.rules[1].client_cidr = \"10/8\"",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in\n{all}");
         }
     }
 

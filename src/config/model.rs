@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub timeouts: TimeoutsSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default, rename = "migration")]
+    pub migrations: Vec<super::migration::RawMigration>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

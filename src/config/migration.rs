@@ -1,0 +1,488 @@
+//! Migrations in the config file: the serde model of `[[migration]]` and its validation.
+
+use serde::Deserialize;
+use std::net::IpAddr;
+
+/// `[[migration]]` as written in the file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawMigration {
+    pub name: String,
+    pub kind: MigrationKind,
+    /// The old table, `schema.name` or `name` (then `public`).
+    pub table: String,
+    /// The new table (kind = "table").
+    pub new_table: Option<String>,
+    /// Only sessions on this database are affected; absent: every database.
+    pub database: Option<String>,
+    /// Primary-key columns, used to mirror rows between old and new.
+    #[serde(default)]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub columns: Vec<ColumnMap>,
+    #[serde(default)]
+    pub writes: WriteMode,
+    #[serde(default)]
+    pub reads: RawReads,
+    /// Bucketing salt; defaults to the name. Changing it reshuffles which keys are routed to new.
+    pub salt: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MigrationKind {
+    /// Same table: old column(s) → new column(s).
+    Column,
+    /// Old table → new table, columns renamed by the map, the rest keep their names.
+    Table,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnMap {
+    pub old: String,
+    pub new: String,
+    /// SQL expression over old columns giving the new value; default: the old column itself.
+    pub up: Option<String>,
+    /// SQL expression over new columns giving the old value; default: the new column itself.
+    pub down: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Statements pass through untouched.
+    #[default]
+    Off,
+    /// Old is primary; the same statement also writes new.
+    DualWrite,
+    /// New is primary; the same statement mirrors back to old.
+    NewPrimary,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawReads {
+    #[serde(default)]
+    pub new_percent: f64,
+    /// Routing key source; see [`KeySource`].
+    #[serde(default)]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+}
+
+/// A targeting rule: every matcher given must match; the first matching rule wins.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+    /// Client address range, e.g. "10.1.0.0/16".
+    pub client_cidr: Option<String>,
+    /// Matches the session setting `pgshift.context` (SET or `options=-c pgshift.context=…`).
+    pub context: Option<String>,
+    pub new_percent: f64,
+}
+
+/// Where the sticky routing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// user and application_name together (the default).
+    #[default]
+    UserAndApplication,
+    User,
+    ApplicationName,
+    ClientAddr,
+    /// The session setting `pgshift.key`; sessions without it fall back to user and application_name.
+    Setting,
+    /// A startup parameter, e.g. `startup:tenant`.
+    Startup(String),
+}
+
+impl KeySource {
+    fn parse(s: &str) -> Option<KeySource> {
+        Some(match s {
+            "user+application_name" => KeySource::UserAndApplication,
+            "user" => KeySource::User,
+            "application_name" => KeySource::ApplicationName,
+            "client_addr" => KeySource::ClientAddr,
+            "setting" => KeySource::Setting,
+            _ => match s.strip_prefix("startup:") {
+                Some(param) if !param.is_empty() => KeySource::Startup(param.to_owned()),
+                _ => return None,
+            },
+        })
+    }
+}
+
+/// A table name as PostgreSQL resolves it: unquoted parts folded to lower case.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct TableName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+/// A client address range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, p.parse::<u8>().ok()?),
+            None => {
+                let addr: IpAddr = s.parse().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Percentages are kept in basis points (1/100 of a percent), the unit buckets are compared in.
+pub type BasisPoints = u16;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub application_name: Option<String>,
+    pub client_cidr: Option<Cidr>,
+    pub context: Option<String>,
+    pub new_bp: BasisPoints,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reads {
+    pub new_bp: BasisPoints,
+    pub key: KeySource,
+    pub rules: Vec<Rule>,
+}
+
+/// A validated migration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Migration {
+    pub name: String,
+    pub kind: MigrationKind,
+    pub table: TableName,
+    pub new_table: Option<TableName>,
+    pub database: Option<String>,
+    pub key: Vec<String>,
+    pub columns: Vec<ColumnMap>,
+    pub writes: WriteMode,
+    pub reads: Reads,
+    pub salt: String,
+}
+
+impl Migration {
+    /// Whether any session can be routed to new.
+    pub fn reads_can_route_to_new(&self) -> bool {
+        self.reads.new_bp > 0 || self.reads.rules.iter().any(|r| r.new_bp > 0)
+    }
+}
+
+/// Folds an identifier as PostgreSQL does: `"Quoted"` keeps its case, anything else is lower-cased.
+fn fold_ident(part: &str) -> Option<String> {
+    let part = part.trim();
+    if part.len() >= 2 && part.starts_with('"') && part.ends_with('"') {
+        let inner = &part[1..part.len() - 1];
+        return (!inner.is_empty()).then(|| inner.replace("\"\"", "\""));
+    }
+    let ok = !part.is_empty()
+        && part
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+        && !part.starts_with(|c: char| c.is_ascii_digit() || c == '$');
+    ok.then(|| part.to_lowercase())
+}
+
+pub fn parse_table_name(s: &str) -> Option<TableName> {
+    let parts: Vec<&str> = s.split('.').collect();
+    match parts.as_slice() {
+        [name] => Some(TableName {
+            schema: "public".to_owned(),
+            name: fold_ident(name)?,
+        }),
+        [schema, name] => Some(TableName {
+            schema: fold_ident(schema)?,
+            name: fold_ident(name)?,
+        }),
+        _ => None,
+    }
+}
+
+/// Checks that `sql` is exactly one SQL expression.
+pub fn check_expression(sql: &str) -> Result<(), String> {
+    use sqlparser::dialect::PostgreSqlDialect;
+    use sqlparser::parser::Parser;
+    use sqlparser::tokenizer::Token;
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(sql)
+        .map_err(|e| e.to_string())?;
+    parser.parse_expr().map_err(|e| e.to_string())?;
+    match parser.peek_token().token {
+        Token::EOF => Ok(()),
+        other => Err(format!("unexpected {other} after the expression")),
+    }
+}
+
+fn percent_to_bp(key: &str, percent: f64, problems: &mut Vec<String>) -> BasisPoints {
+    if !(0.0..=100.0).contains(&percent) || !percent.is_finite() {
+        problems.push(format!("{key} = {percent} must be between 0 and 100"));
+        return 0;
+    }
+    (percent * 100.0).round() as BasisPoints
+}
+
+/// Validates one migration; problems are prefixed with where the entry is.
+pub fn validate(raw: RawMigration, at: &str, problems: &mut Vec<String>) -> Option<Migration> {
+    let before = problems.len();
+    let mut problem = |msg: String| problems.push(format!("{at}: {msg}"));
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 63
+        && raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !name_ok {
+        problem(format!(
+            "name = {:?} must be 1-63 characters of a-z, 0-9 and _ (it is a metric label)",
+            raw.name
+        ));
+    }
+    let table = parse_table_name(&raw.table);
+    if table.is_none() {
+        problem(format!(
+            "table = {:?} is not a table name like \"public.orders\"",
+            raw.table
+        ));
+    }
+    let new_table = match (&raw.kind, &raw.new_table) {
+        (MigrationKind::Table, None) => {
+            problem("kind = \"table\" needs new_table".to_owned());
+            None
+        }
+        (MigrationKind::Table, Some(t)) => {
+            let parsed = parse_table_name(t);
+            if parsed.is_none() {
+                problem(format!(
+                    "new_table = {t:?} is not a table name like \"v2.users\""
+                ));
+            } else if parsed == table {
+                problem("new_table is the same table as table".to_owned());
+            }
+            parsed
+        }
+        (MigrationKind::Column, Some(_)) => {
+            problem("new_table is only for kind = \"table\"".to_owned());
+            None
+        }
+        (MigrationKind::Column, None) => None,
+    };
+    if raw.key.is_empty() {
+        problem("key must name the primary-key column(s), e.g. key = [\"id\"]".to_owned());
+    }
+    if raw.kind == MigrationKind::Column && raw.columns.is_empty() {
+        problem("kind = \"column\" needs at least one entry in columns".to_owned());
+    }
+    let mut seen_new = std::collections::HashSet::new();
+    let mut seen_old = std::collections::HashSet::new();
+    for (i, col) in raw.columns.iter().enumerate() {
+        for (which, ident) in [("old", &col.old), ("new", &col.new)] {
+            if fold_ident(ident).is_none() {
+                problem(format!(
+                    "columns[{i}].{which} = {ident:?} is not a column name"
+                ));
+            }
+        }
+        if raw.kind == MigrationKind::Column && fold_ident(&col.old) == fold_ident(&col.new) {
+            problem(format!("columns[{i}]: old and new are the same column"));
+        }
+        if !seen_new.insert(col.new.to_lowercase()) {
+            problem(format!("columns[{i}].new = {:?} appears twice", col.new));
+        }
+        if !seen_old.insert(col.old.to_lowercase()) {
+            problem(format!("columns[{i}].old = {:?} appears twice", col.old));
+        }
+        if raw.key.iter().any(|k| k.eq_ignore_ascii_case(&col.old))
+            && raw.kind == MigrationKind::Column
+        {
+            problem(format!(
+                "columns[{i}].old = {:?} is a key column; key columns cannot migrate",
+                col.old
+            ));
+        }
+        for (which, expr) in [("up", &col.up), ("down", &col.down)] {
+            if let Some(expr) = expr {
+                if let Err(e) = check_expression(expr) {
+                    problem(format!(
+                        "columns[{i}].{which} = {expr:?} is not a valid SQL expression: {e}"
+                    ));
+                }
+            }
+        }
+    }
+    let key = match raw.reads.key.as_deref() {
+        None => KeySource::default(),
+        Some(s) => KeySource::parse(s).unwrap_or_else(|| {
+            problem(format!(
+                "reads.key = {s:?} must be user+application_name, user, application_name, client_addr, setting or startup:<param>"
+            ));
+            KeySource::default()
+        }),
+    };
+    let mut pct_problems = Vec::new();
+    let new_bp = percent_to_bp(
+        "reads.new_percent",
+        raw.reads.new_percent,
+        &mut pct_problems,
+    );
+    let mut rules = Vec::new();
+    for (i, r) in raw.reads.rules.iter().enumerate() {
+        let new_bp = percent_to_bp(
+            &format!("reads.rules[{i}].new_percent"),
+            r.new_percent,
+            &mut pct_problems,
+        );
+        let client_cidr = r.client_cidr.as_deref().and_then(|c| {
+            let parsed = Cidr::parse(c);
+            if parsed.is_none() {
+                pct_problems.push(format!("reads.rules[{i}].client_cidr = {c:?} is not an address range like \"10.0.0.0/8\""));
+            }
+            parsed
+        });
+        if r.user.is_none()
+            && r.database.is_none()
+            && r.application_name.is_none()
+            && r.client_cidr.is_none()
+            && r.context.is_none()
+        {
+            pct_problems.push(format!(
+                "reads.rules[{i}] matches nothing: give user, database, application_name, client_cidr or context"
+            ));
+        }
+        rules.push(Rule {
+            user: r.user.clone(),
+            database: r.database.clone(),
+            application_name: r.application_name.clone(),
+            client_cidr,
+            context: r.context.clone(),
+            new_bp,
+        });
+    }
+    for p in pct_problems {
+        problem(p);
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Migration {
+        salt: raw.salt.unwrap_or_else(|| raw.name.clone()),
+        name: raw.name,
+        kind: raw.kind,
+        table: table?,
+        new_table,
+        database: raw.database,
+        key: raw.key.iter().map(|k| k.to_lowercase()).collect(),
+        columns: raw.columns,
+        writes: raw.writes,
+        reads: Reads { new_bp, key, rules },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_fold_like_postgres() {
+        assert_eq!(
+            parse_table_name("Orders").unwrap().to_string(),
+            "public.orders"
+        );
+        assert_eq!(
+            parse_table_name("v2.\"Users\"").unwrap().to_string(),
+            "v2.Users"
+        );
+        assert_eq!(parse_table_name("a.b.c"), None);
+        assert_eq!(parse_table_name("1abc"), None);
+        assert_eq!(parse_table_name(""), None);
+    }
+
+    #[test]
+    fn cidr_matching() {
+        let net = Cidr::parse("10.1.0.0/16").unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("fd00::/8")
+            .unwrap()
+            .contains("fd12::1".parse().unwrap()));
+        assert_eq!(Cidr::parse("10.0.0.0/33"), None);
+        assert_eq!(Cidr::parse("127.0.0.1").unwrap().prefix, 32);
+    }
+
+    #[test]
+    fn expressions_must_parse() {
+        assert!(check_expression("upper(legacy_status)").is_ok());
+        assert!(check_expression("CASE WHEN a THEN 'x' ELSE NULL END").is_ok());
+        assert!(check_expression("upper(").is_err());
+        assert!(check_expression("1; DROP TABLE t").is_err());
+    }
+
+    #[test]
+    fn key_sources() {
+        assert_eq!(
+            KeySource::parse("startup:tenant"),
+            Some(KeySource::Startup("tenant".into()))
+        );
+        assert_eq!(KeySource::parse("setting"), Some(KeySource::Setting));
+        assert_eq!(KeySource::parse("startup:"), None);
+        assert_eq!(KeySource::parse("cookie"), None);
+    }
+}
