@@ -1,6 +1,7 @@
 //! The `pgshift` command line.
 
 use clap::{Parser, Subcommand};
+use pgshift::config::reload::{ConfigHandle, Trigger};
 use pgshift::config::{Config, Overrides};
 use pgshift::server;
 use std::path::PathBuf;
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
 async fn run(command: Cmd) -> Result<(), String> {
     match command {
         Cmd::Serve { config, overrides } => {
+            let config_path = config.clone();
             let overrides = Overrides {
                 listen: overrides.listen,
                 upstream: overrides.upstream,
@@ -87,7 +89,8 @@ async fn run(command: Cmd) -> Result<(), String> {
             }
             .map_err(|e| e.to_string())?;
             pgshift::logging::init(&config.log);
-            serve(config).await
+            let source = config_path.map(|p| (p, overrides));
+            serve(ConfigHandle::new(config, source)).await
         }
         Cmd::Check { config } => {
             let config = Config::load(&config, &Overrides::default()).map_err(|e| e.to_string())?;
@@ -101,6 +104,22 @@ async fn run(command: Cmd) -> Result<(), String> {
             if let Some(m) = config.metrics_addr {
                 println!("  metrics:  {m}");
             }
+            for m in &config.migrations {
+                let target = m
+                    .new_table
+                    .as_ref()
+                    .map(|t| format!(" -> {t}"))
+                    .unwrap_or_default();
+                println!(
+                    "  migration {}: {:?} {}{target}, writes {:?}, reads {}% to new, {} rule(s)",
+                    m.name,
+                    m.kind,
+                    m.table,
+                    m.writes,
+                    f64::from(m.reads.new_bp) / 100.0,
+                    m.reads.rules.len()
+                );
+            }
             Ok(())
         }
         Cmd::Demo { listen, metrics } => pgshift::demo::run(&listen, &metrics)
@@ -109,9 +128,11 @@ async fn run(command: Cmd) -> Result<(), String> {
     }
 }
 
-/// Serves until SIGTERM or SIGINT (drain), and a second one (close at once).
-async fn serve(config: Config) -> Result<(), String> {
-    let running = server::start(config).await.map_err(|e| e.to_string())?;
+/// Serves until SIGTERM or SIGINT (drain), and a second one (close at once); SIGHUP reloads the config.
+async fn serve(handle: std::sync::Arc<ConfigHandle>) -> Result<(), String> {
+    let running = server::start_with(handle.clone())
+        .await
+        .map_err(|e| e.to_string())?;
     let control = running.controller();
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
@@ -124,7 +145,8 @@ async fn serve(config: Config) -> Result<(), String> {
             _ = term.recv() => {}
             _ = int.recv() => {}
             _ = hup.recv() => {
-                tracing::info!("SIGHUP received: listen, upstream and TLS settings need a restart to change");
+                let handle = handle.clone();
+                let _ = tokio::task::spawn_blocking(move || handle.reload(Trigger::Sighup)).await;
                 continue;
             }
         }

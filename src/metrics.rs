@@ -3,6 +3,7 @@
 //! Data-path counters are resolved once into [`Handles`] so that recording costs an atomic add, not a
 //! registry lookup; they are recorded per read batch or per message, never per row.
 
+use crate::config::reload::ConfigHandle;
 use crate::proxy::Phase;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -27,6 +28,7 @@ pub const PROTOCOL_ERRORS: &str = "pgshift_protocol_errors_total";
 pub const SESSION_DURATION: &str = "pgshift_session_duration_seconds";
 pub const CANCEL_REQUESTS: &str = "pgshift_cancel_requests_total";
 pub const CONFIG_INFO: &str = "pgshift_config_info";
+pub const CONFIG_RELOADS: &str = "pgshift_config_reloads_total";
 
 /// Client message kinds counted in [`MESSAGES`], by frontend tag.
 const MESSAGE_KINDS: [(u8, &str); 11] = [
@@ -127,6 +129,7 @@ fn describe() {
 pub struct HttpState {
     pub prometheus: PrometheusHandle,
     pub phase: watch::Receiver<Phase>,
+    pub config: Arc<ConfigHandle>,
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
@@ -149,6 +152,48 @@ pub async fn serve_http(listener: TcpListener, state: Arc<HttpState>) {
     }
 }
 
+/// `/status`: the config epoch, the last reload, and every migration with its phase and percentages.
+fn status_json(state: &HttpState) -> String {
+    use crate::config::migration::Migration;
+    let config = state.config.current();
+    let percent = |bp: u16| f64::from(bp) / 100.0;
+    let migration = |m: &Migration| {
+        serde_json::json!({
+            "name": m.name,
+            "kind": m.kind,
+            "table": m.table.to_string(),
+            "new_table": m.new_table.as_ref().map(|t| t.to_string()),
+            "database": m.database,
+            "key": m.key,
+            "columns": m.columns,
+            "writes": m.writes,
+            "reads": {
+                "new_percent": percent(m.reads.new_bp),
+                "key": m.reads.key,
+                "rules": m.reads.rules.iter().map(|r| serde_json::json!({
+                    "user": r.user,
+                    "database": r.database,
+                    "application_name": r.application_name,
+                    "client_cidr": r.client_cidr.map(|c| c.to_string()),
+                    "context": r.context,
+                    "new_percent": percent(r.new_bp),
+                })).collect::<Vec<_>>(),
+            },
+        })
+    };
+    let status = serde_json::json!({
+        "epoch": config.epoch,
+        "config_file": state.config.path().map(|p| p.display().to_string()),
+        "loaded_at_unix": state.config.loaded_at_unix(),
+        "last_reload": state.config.last_reload(),
+        "phase": format!("{:?}", *state.phase.borrow()).to_lowercase(),
+        "migrations": config.migrations.iter().map(migration).collect::<Vec<_>>(),
+    });
+    let mut body = serde_json::to_string_pretty(&status).expect("status is serializable");
+    body.push('\n');
+    body
+}
+
 fn respond(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => (
@@ -162,6 +207,7 @@ fn respond(state: &HttpState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             "draining\n".to_owned(),
         ),
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        (&Method::GET, "/status") => (StatusCode::OK, "application/json", status_json(state)),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",

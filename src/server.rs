@@ -1,6 +1,7 @@
 //! A running pgshift: binds the client and metrics listeners, serves until told to stop.
 //! `main`, the demo and the integration tests all start pgshift through here.
 
+use crate::config::reload::{self, ConfigHandle};
 use crate::config::Config;
 use crate::metrics::{self, HttpState};
 use crate::protocol::tls::TlsSetupError;
@@ -27,15 +28,23 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     control: Controller,
     task: JoinHandle<Result<(), TlsSetupError>>,
-    http: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    pub config: Arc<ConfigHandle>,
 }
 
-/// Binds `config.listen_addr` (port 0 picks a free port) and the metrics address, and starts serving.
+/// Starts pgshift with a config that has no file behind it (nothing to reload).
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_with(ConfigHandle::new(config, None)).await
+}
+
+/// Binds the listen address (port 0 picks a free port) and the metrics address, starts serving, and watches
+/// the config file (if the handle has one) for hot reloads.
+pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError> {
+    let config = (*handle.current()).clone();
     let prometheus = metrics::install();
     // Fail on bad TLS files now, before accepting anyone.
     let (control, control_rx) = watch::channel(Phase::Running);
-    drop(proxy::Shared::new(config.clone(), control_rx.clone())?);
+    drop(proxy::Shared::new(handle.clone(), control_rx.clone())?);
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -44,7 +53,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let listener = bind(config.listen_addr).await?;
     let addr = listener.local_addr().expect("bound socket has an address");
-    let (http, metrics_addr) = match config.metrics_addr {
+    let mut background = Vec::new();
+    let metrics_addr = match config.metrics_addr {
         Some(maddr) => {
             let http_listener = bind(maddr).await?;
             let bound = http_listener
@@ -53,21 +63,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let state = Arc::new(HttpState {
                 prometheus,
                 phase: control_rx.clone(),
+                config: handle.clone(),
             });
-            (
-                Some(tokio::spawn(metrics::serve_http(http_listener, state))),
-                Some(bound),
-            )
+            background.push(tokio::spawn(metrics::serve_http(http_listener, state)));
+            Some(bound)
         }
-        None => (None, None),
+        None => None,
     };
-    let task = tokio::spawn(proxy::serve(listener, config, control_rx));
+    if handle.path().is_some() {
+        background.push(tokio::spawn(reload::watch_file(handle.clone())));
+    }
+    let task = tokio::spawn(proxy::serve(listener, handle.clone(), control_rx));
     Ok(Running {
         addr,
         metrics_addr,
         control: Controller(Arc::new(control)),
         task,
-        http,
+        background,
+        config: handle,
     })
 }
 
@@ -113,8 +126,8 @@ impl Running {
     /// Waits until the proxy has stopped (after `drain` or `close`).
     pub async fn wait(self) -> Result<(), TlsSetupError> {
         let result = self.task.await.unwrap_or(Ok(()));
-        if let Some(http) = self.http {
-            http.abort();
+        for task in self.background {
+            task.abort();
         }
         result
     }

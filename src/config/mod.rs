@@ -2,6 +2,7 @@
 
 pub mod migration;
 pub mod model;
+pub mod reload;
 
 use migration::{Migration, WriteMode};
 use model::{ClientTlsMode, LogSection, RawConfig, TimeoutsSection, UpstreamTlsMode};

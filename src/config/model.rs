@@ -108,7 +108,7 @@ pub struct MetricsSection {
     pub addr: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsSection {
     /// TCP connect plus TLS handshake to the upstream.
@@ -132,7 +132,7 @@ impl Default for TimeoutsSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     #[serde(default)]

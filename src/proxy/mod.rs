@@ -8,8 +8,9 @@ pub mod stream;
 pub mod upstream;
 
 use crate::config::model::ClientTlsMode;
+use crate::config::reload::ConfigHandle;
 use crate::config::{Config, Upstream};
-use crate::metrics::{CONFIG_INFO, CONNECTIONS_TOTAL};
+use crate::metrics::CONNECTIONS_TOTAL;
 use crate::protocol::tls::{self, TlsSetupError, UpstreamTls};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,7 +37,10 @@ pub struct ClientTlsSetup {
 
 /// What all sessions share: the config and what was prepared from it.
 pub struct Shared {
+    /// The config pgshift started with: listen, upstream and TLS settings are bound at startup.
     pub config: Config,
+    /// The live config, hot-reloaded: migrations are read from here, one snapshot per transaction.
+    pub live: Arc<ConfigHandle>,
     pub upstream: Arc<Upstream>,
     pub upstream_tls: UpstreamTls,
     pub client_tls: Option<ClientTlsSetup>,
@@ -47,7 +51,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, phase: watch::Receiver<Phase>) -> Result<Shared, TlsSetupError> {
+    pub fn new(
+        live: Arc<ConfigHandle>,
+        phase: watch::Receiver<Phase>,
+    ) -> Result<Shared, TlsSetupError> {
+        let config = (*live.current()).clone();
         let client_tls = match &config.client_tls {
             Some(t) => Some(ClientTlsSetup {
                 acceptor: tls::acceptor(t)?,
@@ -60,6 +68,7 @@ impl Shared {
             upstream: Arc::new(config.upstream.clone()),
             client_tls,
             config,
+            live,
             cancels: cancel::Registry::default(),
             active: AtomicUsize::new(0),
             phase,
@@ -72,13 +81,12 @@ impl Shared {
 /// Returns when every session has ended.
 pub async fn serve(
     listener: TcpListener,
-    config: Config,
+    live: Arc<ConfigHandle>,
     mut control: watch::Receiver<Phase>,
 ) -> Result<(), TlsSetupError> {
-    let drain_timeout = config.timeouts.drain;
-    metrics::gauge!(CONFIG_INFO, "epoch" => config.epoch.clone()).set(1.0);
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let shared = Arc::new(Shared::new(config, phase_rx)?);
+    let shared = Arc::new(Shared::new(live, phase_rx)?);
+    let drain_timeout = shared.config.timeouts.drain;
     info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         upstream = %shared.upstream.describe(),

@@ -8,5 +8,6 @@ mod clients;
 mod drivers;
 mod lifecycle;
 mod raw;
+mod reload;
 mod tls;
 mod tokio_pg;

@@ -1,0 +1,206 @@
+//! Hot reload: SIGHUP and a watch on the config file's directory (editor saves, atomic renames and Kubernetes
+//! ConfigMap `..data` symlink swaps all show up there) → load → validate → atomic swap. An invalid file is
+//! refused with a log line and a metric, and the last good config stays in force.
+
+use super::{Config, Overrides};
+use crate::metrics::{CONFIG_INFO, CONFIG_RELOADS};
+use arc_swap::ArcSwap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// What set off a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    Sighup,
+    File,
+}
+
+/// The outcome of the last reload attempt, shown in `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    /// `ok` (swapped), `unchanged` (same content), `invalid` (refused, old config kept).
+    pub result: &'static str,
+    pub trigger: Trigger,
+    pub at_unix: u64,
+    pub epoch: String,
+    pub error: Option<String>,
+    /// Keys that changed but only take effect after a restart.
+    pub restart_required: Vec<&'static str>,
+}
+
+/// The current config, swapped atomically; readers take one snapshot per use.
+pub struct ConfigHandle {
+    current: ArcSwap<Config>,
+    source: Option<(PathBuf, Overrides)>,
+    last: Mutex<Option<ReloadReport>>,
+    loaded_at_unix: std::sync::atomic::AtomicU64,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl ConfigHandle {
+    /// `source` is the file (and command-line overrides) to reload from; `None` for a config without a file.
+    pub fn new(config: Config, source: Option<(PathBuf, Overrides)>) -> Arc<ConfigHandle> {
+        metrics::gauge!(CONFIG_INFO, "epoch" => config.epoch.clone()).set(1.0);
+        Arc::new(ConfigHandle {
+            current: ArcSwap::from_pointee(config),
+            source,
+            last: Mutex::new(None),
+            loaded_at_unix: now_unix().into(),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Config> {
+        self.current.load_full()
+    }
+
+    pub fn path(&self) -> Option<&PathBuf> {
+        self.source.as_ref().map(|(p, _)| p)
+    }
+
+    pub fn loaded_at_unix(&self) -> u64 {
+        self.loaded_at_unix
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last.lock().expect("reload report lock").clone()
+    }
+
+    /// Re-reads the file; swaps it in if valid and different. Never panics, never drops the current config.
+    pub fn reload(&self, trigger: Trigger) -> ReloadReport {
+        let Some((path, overrides)) = &self.source else {
+            return self.record(ReloadReport {
+                result: "unchanged",
+                trigger,
+                at_unix: now_unix(),
+                epoch: self.current().epoch.clone(),
+                error: Some(
+                    "pgshift was started without a config file; nothing to reload".to_owned(),
+                ),
+                restart_required: vec![],
+            });
+        };
+        let old = self.current();
+        let report = match Config::load(path, overrides) {
+            Err(e) => {
+                warn!(trigger = ?trigger, error = %e, epoch = %old.epoch, "config reload refused; keeping the last good config");
+                ReloadReport {
+                    result: "invalid",
+                    trigger,
+                    at_unix: now_unix(),
+                    epoch: old.epoch.clone(),
+                    error: Some(e.to_string()),
+                    restart_required: vec![],
+                }
+            }
+            Ok(new) if new.epoch == old.epoch => ReloadReport {
+                result: "unchanged",
+                trigger,
+                at_unix: now_unix(),
+                epoch: old.epoch.clone(),
+                error: None,
+                restart_required: vec![],
+            },
+            Ok(new) => {
+                let restart_required = restart_required(&old, &new);
+                if !restart_required.is_empty() {
+                    warn!(keys = ?restart_required, "these settings changed but take effect only after a restart");
+                }
+                info!(trigger = ?trigger, from = %old.epoch, to = %new.epoch, migrations = new.migrations.len(), "config reloaded");
+                metrics::gauge!(CONFIG_INFO, "epoch" => old.epoch.clone()).set(0.0);
+                metrics::gauge!(CONFIG_INFO, "epoch" => new.epoch.clone()).set(1.0);
+                let epoch = new.epoch.clone();
+                self.current.store(Arc::new(new));
+                self.loaded_at_unix
+                    .store(now_unix(), std::sync::atomic::Ordering::Relaxed);
+                ReloadReport {
+                    result: "ok",
+                    trigger,
+                    at_unix: now_unix(),
+                    epoch,
+                    error: None,
+                    restart_required,
+                }
+            }
+        };
+        self.record(report)
+    }
+
+    fn record(&self, report: ReloadReport) -> ReloadReport {
+        metrics::counter!(CONFIG_RELOADS, "result" => report.result).increment(1);
+        *self.last.lock().expect("reload report lock") = Some(report.clone());
+        report
+    }
+}
+
+/// Settings that are bound at startup (sockets, TLS material): a reload keeps the running values.
+fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    if old.listen_addr != new.listen_addr {
+        keys.push("listen.addr");
+    }
+    if old.max_connections != new.max_connections {
+        keys.push("listen.max_connections");
+    }
+    if format!("{:?}", old.client_tls) != format!("{:?}", new.client_tls) {
+        keys.push("listen.tls");
+    }
+    if old.upstream.target != new.upstream.target || old.upstream.tls != new.upstream.tls {
+        keys.push("upstream");
+    }
+    if old.metrics_addr != new.metrics_addr {
+        keys.push("metrics.addr");
+    }
+    if old.timeouts != new.timeouts {
+        keys.push("timeouts");
+    }
+    if old.log != new.log {
+        keys.push("log");
+    }
+    keys
+}
+
+/// Watches the config file's directory and reloads on changes, debounced, until the task is dropped.
+pub async fn watch_file(handle: Arc<ConfigHandle>) {
+    use notify::{RecursiveMode, Watcher};
+    let Some(path) = handle.path().cloned() else {
+        return;
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.send(());
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
+                return;
+            }
+        };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
+        return;
+    }
+    while rx.recv().await.is_some() {
+        // Editors write in several steps; wait for the burst to settle.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        while rx.try_recv().is_ok() {}
+        let handle = handle.clone();
+        let _ = tokio::task::spawn_blocking(move || handle.reload(Trigger::File)).await;
+    }
+}

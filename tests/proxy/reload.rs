@@ -1,0 +1,225 @@
+//! Hot reload: file edits, Kubernetes ConfigMap symlink swaps and SIGHUP are validated and swapped in;
+//! an invalid file keeps the last good config.
+
+use crate::support::{cluster, http_get, ProxyOptions};
+use pgshift::config::reload::ConfigHandle;
+use pgshift::config::{Config, Overrides};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn migration_toml(rules: &str) -> String {
+    format!(
+        "[[migration]]\nname = \"orders_status\"\nkind = \"column\"\ntable = \"public.orders\"\nkey = [\"id\"]\n\
+         columns = [{{ old = \"legacy_status\", new = \"new_status\", up = \"upper(legacy_status)\" }}]\n\
+         [migration.reads]\nkey = \"application_name\"\nrules = [{rules}]\n"
+    )
+}
+
+/// Writes through a temp file and a rename, as editors and config management do.
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn status(addr: SocketAddr) -> Value {
+    let (code, body) = http_get(addr, "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+}
+
+/// Polls `/status` until `done` holds, or fails after 10 s.
+async fn wait_for_status(addr: SocketAddr, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(addr).await;
+        if done(&s) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last /status:\n{s:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start_from_file(path: &Path) -> pgshift::server::Running {
+    let config = Config::load(path, &Overrides::default()).unwrap();
+    let handle = ConfigHandle::new(config, Some((path.to_owned(), Overrides::default())));
+    pgshift::server::start_with(handle).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_edits_reload_and_invalid_files_keep_the_last_good_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgshift.toml");
+    let base = ProxyOptions::default().toml();
+    std::fs::write(&path, format!("{base}{}", migration_toml(""))).unwrap();
+    let running = start_from_file(&path).await;
+    let maddr = running.metrics_addr.unwrap();
+
+    let first = status(maddr).await;
+    let epoch1 = first["epoch"].as_str().unwrap().to_owned();
+    assert_eq!(first["migrations"][0]["name"], "orders_status");
+    assert_eq!(first["migrations"][0]["table"], "public.orders");
+    assert_eq!(first["migrations"][0]["writes"], "off");
+    assert_eq!(
+        first["migrations"][0]["reads"]["rules"],
+        serde_json::json!([])
+    );
+
+    write_atomically(
+        &path,
+        &format!(
+            "{base}{}",
+            migration_toml(r#"{ application_name = "batch_processor", new_percent = 0 }"#)
+        ),
+    );
+    let second = wait_for_status(maddr, "the edit to be loaded", |s| {
+        s["epoch"] != epoch1.as_str()
+    })
+    .await;
+    assert_eq!(second["last_reload"]["result"], "ok");
+    assert_eq!(second["last_reload"]["trigger"], "file");
+    assert_eq!(
+        second["migrations"][0]["reads"]["rules"][0]["application_name"],
+        "batch_processor"
+    );
+    let epoch2 = second["epoch"].as_str().unwrap().to_owned();
+
+    // A typo: refused, the running config stays.
+    write_atomically(
+        &path,
+        &format!("{base}{}", migration_toml("").replace("kind =", "kinde =")),
+    );
+    let refused = wait_for_status(maddr, "the invalid file to be refused", |s| {
+        s["last_reload"]["result"] == "invalid"
+    })
+    .await;
+    assert_eq!(refused["epoch"], epoch2.as_str());
+    let error = refused["last_reload"]["error"].as_str().unwrap();
+    assert!(error.contains("unknown field `kinde`"), "{error}");
+
+    // Asking for dual writes before the rewriter exists is refused too (fail closed), naming the migration.
+    write_atomically(
+        &path,
+        &format!(
+            "{base}{}",
+            migration_toml("").replace("key = [\"id\"]", "key = [\"id\"]\nwrites = \"dual_write\"")
+        ),
+    );
+    let refused = wait_for_status(maddr, "the active migration to be refused", |s| {
+        s["last_reload"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("statement rewriter"))
+    })
+    .await;
+    assert_eq!(refused["epoch"], epoch2.as_str());
+    assert_eq!(running.config.current().epoch, epoch2);
+
+    let (_, metrics) = http_get(maddr, "/metrics").await;
+    assert!(
+        metrics.contains("pgshift_config_reloads_total{result=\"invalid\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("pgshift_config_info{{epoch=\"{epoch2}\"}} 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("pgshift_config_info{{epoch=\"{epoch1}\"}} 0")),
+        "{metrics}"
+    );
+    running.close();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_configmap_symlink_swap_is_seen() {
+    // The kubelet's layout: pgshift.toml -> ..data/pgshift.toml, ..data -> ..<timestamp>/, swapped by rename.
+    let dir = tempfile::tempdir().unwrap();
+    let base = ProxyOptions::default().toml();
+    let version = |name: &str, text: &str| {
+        let v = dir.path().join(name);
+        std::fs::create_dir(&v).unwrap();
+        std::fs::write(v.join("pgshift.toml"), text).unwrap();
+    };
+    version("..2026_11_21_v1", &format!("{base}{}", migration_toml("")));
+    std::os::unix::fs::symlink("..2026_11_21_v1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/pgshift.toml", dir.path().join("pgshift.toml")).unwrap();
+    let running = start_from_file(&dir.path().join("pgshift.toml")).await;
+    let maddr = running.metrics_addr.unwrap();
+    let epoch1 = status(maddr).await["epoch"].as_str().unwrap().to_owned();
+
+    version(
+        "..2026_11_21_v2",
+        &format!(
+            "{base}{}",
+            migration_toml(r#"{ context = "internal", new_percent = 0 }"#)
+        ),
+    );
+    std::os::unix::fs::symlink("..2026_11_21_v2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    let after = wait_for_status(maddr, "the symlink swap to be loaded", |s| {
+        s["epoch"] != epoch1.as_str()
+    })
+    .await;
+    assert_eq!(
+        after["migrations"][0]["reads"]["rules"][0]["context"],
+        "internal"
+    );
+    running.close();
+    running.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_running_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgshift.toml");
+    let port = pgshift::pgcluster::free_port();
+    let mport = pgshift::pgcluster::free_port();
+    let text = |rules: &str| {
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\naddr = \"{}\"\n[metrics]\naddr = \"127.0.0.1:{mport}\"\n{}",
+            cluster().addr(),
+            migration_toml(rules)
+        )
+    };
+    std::fs::write(&path, text("")).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .kill_on_drop(true)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let maddr: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(maddr).await.is_err() {
+        assert!(Instant::now() < deadline, "pgshift did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let epoch = status(maddr).await["epoch"].as_str().unwrap().to_owned();
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &child.id().unwrap().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-HUP").success());
+    let s = wait_for_status(maddr, "the SIGHUP reload", |s| {
+        s["last_reload"]["trigger"] == "sighup"
+    })
+    .await;
+    assert_eq!(s["last_reload"]["result"], "unchanged");
+    assert_eq!(s["epoch"], epoch.as_str());
+    assert!(kill("-TERM").success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success());
+}
