@@ -42,6 +42,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError> {
     let config = (*handle.current()).clone();
     let prometheus = metrics::install();
+    ::metrics::gauge!(metrics::CONFIG_INFO, "epoch" => config.epoch.clone()).set(1.0);
     // Fail on bad TLS files now, before accepting anyone.
     let (control, control_rx) = watch::channel(Phase::Running);
     drop(proxy::Shared::new(handle.clone(), control_rx.clone())?);
@@ -70,9 +71,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
         }
         None => None,
     };
-    if handle.path().is_some() {
-        background.push(tokio::spawn(reload::watch_file(handle.clone())));
-    }
+    background.extend(reload::watch_file(handle.clone()));
     let task = tokio::spawn(proxy::serve(listener, handle.clone(), control_rx));
     Ok(Running {
         addr,

@@ -49,7 +49,6 @@ fn now_unix() -> u64 {
 impl ConfigHandle {
     /// `source` is the file (and command-line overrides) to reload from; `None` for a config without a file.
     pub fn new(config: Config, source: Option<(PathBuf, Overrides)>) -> Arc<ConfigHandle> {
-        metrics::gauge!(CONFIG_INFO, "epoch" => config.epoch.clone()).set(1.0);
         Arc::new(ConfigHandle {
             current: ArcSwap::from_pointee(config),
             source,
@@ -169,12 +168,11 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     keys
 }
 
-/// Watches the config file's directory and reloads on changes, debounced, until the task is dropped.
-pub async fn watch_file(handle: Arc<ConfigHandle>) {
+/// Watches the config file's directory and reloads on changes, debounced. The watch is armed before this
+/// returns, so no change made after startup can be missed; the returned task runs until aborted.
+pub fn watch_file(handle: Arc<ConfigHandle>) -> Option<tokio::task::JoinHandle<()>> {
     use notify::{RecursiveMode, Watcher};
-    let Some(path) = handle.path().cloned() else {
-        return;
-    };
+    let path = handle.path()?.clone();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
@@ -189,18 +187,21 @@ pub async fn watch_file(handle: Arc<ConfigHandle>) {
             Ok(w) => w,
             Err(e) => {
                 warn!(error = %e, "cannot watch the config file; reload with SIGHUP");
-                return;
+                return None;
             }
         };
     if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
         warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP");
-        return;
+        return None;
     }
-    while rx.recv().await.is_some() {
-        // Editors write in several steps; wait for the burst to settle.
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        while rx.try_recv().is_ok() {}
-        let handle = handle.clone();
-        let _ = tokio::task::spawn_blocking(move || handle.reload(Trigger::File)).await;
-    }
+    Some(tokio::spawn(async move {
+        let _watcher = watcher; // dropping it stops the watch
+        while rx.recv().await.is_some() {
+            // Editors write in several steps; wait for the burst to settle.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            let handle = handle.clone();
+            let _ = tokio::task::spawn_blocking(move || handle.reload(Trigger::File)).await;
+        }
+    }))
 }

@@ -225,11 +225,7 @@ async fn spawn_pgshift(
         .spawn()
         .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "pgshift did not start listening");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::wait_listening(addr).await;
     (child, addr, dir)
 }
 

@@ -196,12 +196,8 @@ async fn sighup_reloads_the_running_binary() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let maddr: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(maddr).await.is_err() {
-        assert!(Instant::now() < deadline, "pgshift did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let maddr: std::net::SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
+    crate::support::wait_listening(maddr).await;
     let epoch = status(maddr).await["epoch"].as_str().unwrap().to_owned();
     let kill = |sig: &str| {
         std::process::Command::new("kill")
