@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod pgcluster;
 pub mod protocol;
 pub mod proxy;
+pub mod rewrite;
 pub mod routing;
 pub mod server;

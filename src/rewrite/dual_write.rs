@@ -1,0 +1,762 @@
+//! Dual writes: the client's INSERT/UPDATE/DELETE on the old table also writes the new table or column, in the
+//! same statement, so both sides change atomically in the client's own transaction with identical values.
+//!
+//! Table kind: a data-modifying CTE runs the original statement and feeds exactly the rows it touched (their
+//! post-image, with generated ids, defaults and `now()` as stored) to a mirror upsert or delete on the new table.
+//! Column kind: the statement gains `new = up(…)` next to every write of `old`.
+
+use super::shape::{DmlTag, Shape};
+use super::sqltext::{fold, quote_ident};
+use super::{refuse, Refusal, Schema, Target};
+use crate::config::migration::{Migration, MigrationKind, TableName};
+use sqlparser::ast::{
+    visit_expressions, visit_expressions_mut, Assignment, AssignmentTarget, Expr, FromTable, Ident,
+    ObjectName, OnConflictAction, OnInsert, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
+    Statement, TableFactor, With,
+};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+const OLD_CTE: &str = "__pgshift_old";
+const NEW_CTE: &str = "__pgshift_new";
+
+pub fn rewrite(
+    statement: Statement,
+    with: Option<With>,
+    tag: DmlTag,
+    target: &Target<'_>,
+    schema: &Schema,
+) -> Result<(String, Shape), Refusal> {
+    let m = target.migration;
+    check_key_not_updated(&statement, m).map_err(|r| refuse(target, r))?;
+    match m.kind {
+        MigrationKind::Table => table_kind(statement, with, tag, target, schema),
+        MigrationKind::Column => {
+            let stmt = column_kind(statement, m, schema).map_err(|r| refuse(target, r))?;
+            let text = match with {
+                Some(with) => format!("{with} {stmt}"),
+                None => stmt.to_string(),
+            };
+            Ok((text, Shape::Same))
+        }
+    }
+}
+
+fn table_text(t: &TableName) -> String {
+    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
+}
+
+fn ident(name: &str) -> Ident {
+    if quote_ident(name).starts_with('"') {
+        Ident::with_quote('"', name)
+    } else {
+        Ident::new(name)
+    }
+}
+
+fn last_part(name: &ObjectName) -> Option<Ident> {
+    match name.0.last()? {
+        sqlparser::ast::ObjectNamePart::Identifier(i) => Some(i.clone()),
+        _ => None,
+    }
+}
+
+fn assignment_columns(assignments: &[Assignment]) -> Vec<String> {
+    assignments
+        .iter()
+        .flat_map(|a| match &a.target {
+            AssignmentTarget::ColumnName(n) => vec![n.clone()],
+            AssignmentTarget::Tuple(names) => names.clone(),
+        })
+        .filter_map(|n| last_part(&n).map(|i| fold(&i)))
+        .collect()
+}
+
+/// Mirroring is keyed on the key columns: changing them would orphan the mirrored row.
+fn check_key_not_updated(statement: &Statement, m: &Migration) -> Result<(), String> {
+    let mut assigned = Vec::new();
+    match statement {
+        Statement::Update(u) => assigned.extend(assignment_columns(&u.assignments)),
+        Statement::Insert(i) => {
+            if let Some(OnInsert::OnConflict(oc)) = &i.on {
+                if let OnConflictAction::DoUpdate(du) = &oc.action {
+                    assigned.extend(assignment_columns(&du.assignments));
+                }
+            }
+        }
+        _ => {}
+    }
+    match assigned.iter().find(|c| m.key.contains(c)) {
+        Some(c) => Err(format!(
+            "an UPDATE of key column {c} is not supported: the mirrored row is found by its key"
+        )),
+        None => Ok(()),
+    }
+}
+
+fn columns_of<'s>(schema: &'s Schema, table: &TableName) -> Result<&'s Vec<String>, String> {
+    schema.columns.get(table).ok_or_else(|| {
+        format!("the columns of {table} are not known in this session (does the table exist?)")
+    })
+}
+
+/// The old table's columns, each with the new column it is written to and the expression (over old columns)
+/// that computes it. Old columns that the new table does not have are left out.
+fn mirror_columns(m: &Migration, schema: &Schema) -> Result<Vec<(String, String)>, String> {
+    let new_table = m.new_table.as_ref().expect("table kind has new_table");
+    let old_cols = columns_of(schema, &m.table)?;
+    let new_cols = columns_of(schema, new_table)?;
+    let mut out = Vec::new();
+    for col in old_cols {
+        let mapped = m.columns.iter().find(|c| c.old.eq_ignore_ascii_case(col));
+        let (new_name, expr) = match mapped {
+            Some(c) => (
+                c.new.to_lowercase(),
+                c.up.clone().unwrap_or_else(|| quote_ident(col)),
+            ),
+            None => (col.clone(), quote_ident(col)),
+        };
+        if new_cols.contains(&new_name) {
+            out.push((new_name, expr));
+        } else if mapped.is_some() {
+            return Err(format!(
+                "column {new_name} of the column map does not exist in {new_table}"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn new_key(m: &Migration) -> Vec<String> {
+    m.key
+        .iter()
+        .map(|k| {
+            m.columns
+                .iter()
+                .find(|c| c.old.eq_ignore_ascii_case(k))
+                .map(|c| c.new.to_lowercase())
+                .unwrap_or_else(|| k.clone())
+        })
+        .collect()
+}
+
+/// The alias the statement gives the target table, or its bare name.
+fn target_alias(statement: &Statement) -> Option<Ident> {
+    match statement {
+        Statement::Insert(i) => match (&i.table_alias, &i.table) {
+            (Some(a), _) => Some(a.alias.clone()),
+            (None, sqlparser::ast::TableObject::TableName(n)) => last_part(n),
+            _ => None,
+        },
+        Statement::Update(u) => match &u.table.relation {
+            TableFactor::Table { alias: Some(a), .. } => Some(a.name.clone()),
+            TableFactor::Table { name, .. } => last_part(name),
+            _ => None,
+        },
+        Statement::Delete(d) => {
+            let tables = match &d.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            match tables.first().map(|t| &t.relation) {
+                Some(TableFactor::Table { alias: Some(a), .. }) => Some(a.name.clone()),
+                Some(TableFactor::Table { name, .. }) => last_part(name),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn take_returning(statement: &mut Statement) -> Option<Vec<SelectItem>> {
+    match statement {
+        Statement::Insert(i) => i.returning.take(),
+        Statement::Update(u) => u.returning.take(),
+        Statement::Delete(d) => d.returning.take(),
+        _ => None,
+    }
+}
+
+/// With `UPDATE … FROM` or `DELETE … USING`, RETURNING may name the other tables, which the outer SELECT over
+/// the CTE cannot see: only the target's own columns are allowed there.
+fn check_returning(
+    items: &[SelectItem],
+    alias: &Ident,
+    columns: &[String],
+    has_other_tables: bool,
+) -> Result<(), String> {
+    if !has_other_tables {
+        return Ok(());
+    }
+    let alias = fold(alias);
+    let bad = || {
+        Err("RETURNING may only name the updated table's own columns when the statement has FROM or USING".to_owned())
+    };
+    for item in items {
+        match item {
+            SelectItem::Wildcard(_) => return bad(),
+            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
+                if last_part(n).map(|i| fold(&i)) != Some(alias.clone()) {
+                    return bad();
+                }
+            }
+            SelectItem::QualifiedWildcard(..) => return bad(),
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                let mut ok = true;
+                let _ = visit_expressions(e, |e| {
+                    match e {
+                        Expr::Identifier(i) if !columns.contains(&fold(i)) => ok = false,
+                        Expr::CompoundIdentifier(parts)
+                            if parts.len() >= 2 && fold(&parts[parts.len() - 2]) != alias =>
+                        {
+                            ok = false
+                        }
+                        _ => {}
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+                if !ok {
+                    return bad();
+                }
+            }
+            _ => return bad(),
+        }
+    }
+    Ok(())
+}
+
+fn table_kind(
+    mut statement: Statement,
+    with: Option<With>,
+    tag: DmlTag,
+    target: &Target<'_>,
+    schema: &Schema,
+) -> Result<(String, Shape), Refusal> {
+    let m = target.migration;
+    let fail = |reason: String| refuse(target, reason);
+    let new_table = table_text(m.new_table.as_ref().expect("table kind has new_table"));
+    let alias = target_alias(&statement)
+        .ok_or_else(|| fail("the target table could not be identified".into()))?;
+    let old_cols = columns_of(schema, &m.table).map_err(fail)?;
+    let returning = take_returning(&mut statement);
+    let has_other_tables = match &statement {
+        Statement::Update(u) => u.from.is_some(),
+        Statement::Delete(d) => d.using.is_some(),
+        _ => false,
+    };
+    if let Some(items) = &returning {
+        check_returning(items, &alias, old_cols, has_other_tables).map_err(fail)?;
+    }
+    let inner = format!("{statement} RETURNING {alias}.*");
+
+    let key = new_key(m);
+    let mirror = match tag {
+        DmlTag::Insert | DmlTag::Update => {
+            let cols = mirror_columns(m, schema).map_err(fail)?;
+            let names: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
+            let exprs: Vec<&str> = cols.iter().map(|(_, e)| e.as_str()).collect();
+            let updates: Vec<String> = cols
+                .iter()
+                .filter(|(n, _)| !key.contains(n))
+                .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
+                .collect();
+            let conflict = if updates.is_empty() {
+                "DO NOTHING".to_owned()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
+            let key_list: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+            format!(
+                "INSERT INTO {new_table} ({}) SELECT {} FROM {OLD_CTE} ON CONFLICT ({}) {conflict}",
+                names.join(", "),
+                exprs.join(", "),
+                key_list.join(", ")
+            )
+        }
+        DmlTag::Delete => {
+            let matches: Vec<String> = key
+                .iter()
+                .zip(&m.key)
+                .map(|(new, old)| {
+                    format!(
+                        "__pgshift_t.{} = {OLD_CTE}.{}",
+                        quote_ident(new),
+                        quote_ident(old)
+                    )
+                })
+                .collect();
+            format!(
+                "DELETE FROM {new_table} AS __pgshift_t USING {OLD_CTE} WHERE {}",
+                matches.join(" AND ")
+            )
+        }
+    };
+
+    let mut ctes = Vec::new();
+    let mut recursive = false;
+    if let Some(with) = with {
+        recursive = with.recursive;
+        ctes.extend(with.cte_tables.iter().map(|c| c.to_string()));
+    }
+    ctes.push(format!("{OLD_CTE} AS ({inner})"));
+    ctes.push(format!("{NEW_CTE} AS ({mirror})"));
+    let list = returning
+        .as_ref()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let text = format!(
+        "WITH {}{} SELECT {list} FROM {OLD_CTE} AS {alias}",
+        if recursive { "RECURSIVE " } else { "" },
+        ctes.join(", ")
+    );
+    Ok((
+        text,
+        Shape::Dml {
+            tag,
+            returning: returning.is_some(),
+        },
+    ))
+}
+
+fn parse_expr(sql: &str) -> Result<Expr, String> {
+    Parser::new(&PostgreSqlDialect {})
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| format!("expression {sql:?} does not parse: {e}"))
+}
+
+/// Functions that give the same result when evaluated twice in one statement.
+const REPEATABLE_FUNCTIONS: &[&str] = &[
+    "lower",
+    "upper",
+    "trim",
+    "btrim",
+    "ltrim",
+    "rtrim",
+    "coalesce",
+    "nullif",
+    "concat",
+    "concat_ws",
+    "length",
+    "substr",
+    "substring",
+    "replace",
+    "abs",
+    "round",
+    "greatest",
+    "least",
+    "now",
+    "current_timestamp",
+    "localtimestamp",
+    "current_date",
+    "initcap",
+    "left",
+    "right",
+    "lpad",
+    "rpad",
+    "to_char",
+    "to_number",
+    "to_date",
+    "to_timestamp",
+];
+
+/// Whether an expression may be written twice (once for old, once inside `up` for new) and still give the
+/// same value: literals, parameters, column references, casts and operators over those, and a few pure
+/// functions. `random()` or `nextval()` would give the two columns different values.
+fn repeatable(expr: &Expr) -> bool {
+    let mut ok = true;
+    let _ = visit_expressions(expr, |e| {
+        match e {
+            Expr::Function(f) => {
+                let name = f.name.to_string().to_lowercase();
+                if !REPEATABLE_FUNCTIONS.contains(&name.as_str()) {
+                    ok = false;
+                }
+            }
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ok = false,
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    ok
+}
+
+/// `up` with every column it names replaced by the value this statement writes to that column.
+fn substitute(up: &Expr, values: &HashMap<String, Expr>) -> Expr {
+    let mut out = up.clone();
+    let _ = visit_expressions_mut(&mut out, |e| {
+        let name = match e {
+            Expr::Identifier(i) => Some(fold(i)),
+            Expr::CompoundIdentifier(parts) => parts.last().map(fold),
+            _ => None,
+        };
+        if let Some(value) = name.and_then(|n| values.get(&n)) {
+            *e = Expr::Nested(Box::new(value.clone()));
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// The `up` expression of each mapping, parsed (identity when absent).
+fn ups(m: &Migration) -> Result<Vec<(String, String, Expr)>, String> {
+    m.columns
+        .iter()
+        .map(|c| {
+            let up = match &c.up {
+                Some(up) => parse_expr(up)?,
+                None => Expr::Identifier(ident(&c.old.to_lowercase())),
+            };
+            Ok((c.old.to_lowercase(), c.new.to_lowercase(), up))
+        })
+        .collect()
+}
+
+/// Adds `new = up(…)` to assignments that write old columns; the values assigned stand in for the columns.
+fn extend_assignments(
+    assignments: &mut Vec<Assignment>,
+    ups: &[(String, String, Expr)],
+) -> Result<(), String> {
+    let assigned = assignment_columns(assignments);
+    if assignments
+        .iter()
+        .any(|a| matches!(a.target, AssignmentTarget::Tuple(_)))
+        && ups.iter().any(|(old, _, _)| assigned.contains(old))
+    {
+        return Err(
+            "a multiple-column assignment (SET (a, b) = …) of a migrated column is not supported"
+                .into(),
+        );
+    }
+    let values: HashMap<String, Expr> = assignments
+        .iter()
+        .filter_map(|a| match &a.target {
+            AssignmentTarget::ColumnName(n) => last_part(n).map(|i| (fold(&i), a.value.clone())),
+            _ => None,
+        })
+        .collect();
+    for (old, new, up) in ups {
+        if !assigned.contains(old) || assigned.contains(new) {
+            continue;
+        }
+        let value = &values[old];
+        if !repeatable(value) {
+            return Err(format!(
+                "the value assigned to {old} ({value}) may change if evaluated twice, so {new} cannot be computed from it"
+            ));
+        }
+        assignments.push(Assignment {
+            target: AssignmentTarget::ColumnName(ObjectName::from(vec![ident(new)])),
+            value: substitute(up, &values),
+        });
+    }
+    Ok(())
+}
+
+fn column_kind(
+    mut statement: Statement,
+    m: &Migration,
+    schema: &Schema,
+) -> Result<Statement, String> {
+    let ups = ups(m)?;
+    match &mut statement {
+        Statement::Update(u) => extend_assignments(&mut u.assignments, &ups)?,
+        Statement::Delete(_) => {}
+        Statement::Insert(insert) => {
+            let mut columns: Vec<String> = insert
+                .columns
+                .iter()
+                .filter_map(|n| last_part(n).map(|i| fold(&i)))
+                .collect();
+            if let Some(OnInsert::OnConflict(oc)) = &mut insert.on {
+                if let OnConflictAction::DoUpdate(du) = &mut oc.action {
+                    extend_assignments(&mut du.assignments, &ups)?;
+                }
+            }
+            let Some(source) = insert.source.as_mut() else {
+                return Ok(statement); // DEFAULT VALUES: both columns take their defaults
+            };
+            if columns.is_empty() {
+                let width = match source.body.as_ref() {
+                    SetExpr::Values(v) => v.rows.first().map_or(0, |r| r.content.len()),
+                    SetExpr::Select(s) => s.projection.len(),
+                    _ => 0,
+                };
+                columns = columns_of(schema, &m.table)?
+                    .iter()
+                    .take(width)
+                    .cloned()
+                    .collect();
+                insert.columns = columns
+                    .iter()
+                    .map(|c| ObjectName::from(vec![ident(c)]))
+                    .collect();
+            }
+            let wanted: Vec<&(String, String, Expr)> = ups
+                .iter()
+                .filter(|(old, new, _)| columns.contains(old) && !columns.contains(new))
+                .collect();
+            if wanted.is_empty() {
+                return Ok(statement);
+            }
+            match source.body.as_mut() {
+                SetExpr::Values(v) => {
+                    for (old, new, up) in &wanted {
+                        let index = columns
+                            .iter()
+                            .position(|c| c == old)
+                            .expect("filtered above");
+                        for row in v.rows.iter_mut() {
+                            let row = &mut row.content;
+                            let value = row
+                                .get(index)
+                                .ok_or_else(|| format!("a VALUES row has no value for {old}"))?;
+                            if is_default(value) {
+                                return Err(format!("DEFAULT for {old} is not supported: {new} cannot be computed from it"));
+                            }
+                            if !repeatable(value) {
+                                return Err(format!(
+                                    "the value inserted into {old} ({value}) may change if evaluated twice, so {new} cannot be computed from it"
+                                ));
+                            }
+                            let values: HashMap<String, Expr> =
+                                columns.iter().cloned().zip(row.iter().cloned()).collect();
+                            row.push(substitute(up, &values));
+                        }
+                    }
+                }
+                SetExpr::Select(select) => {
+                    let mut exprs = Vec::new();
+                    for item in &select.projection {
+                        match item {
+                            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => exprs.push(e.clone()),
+                            _ => return Err("INSERT … SELECT * into a migrated column is not supported; list the columns".into()),
+                        }
+                    }
+                    let values: HashMap<String, Expr> =
+                        columns.iter().cloned().zip(exprs.iter().cloned()).collect();
+                    for (old, new, up) in &wanted {
+                        let index = columns
+                            .iter()
+                            .position(|c| c == old)
+                            .expect("filtered above");
+                        if !repeatable(&exprs[index]) {
+                            return Err(format!(
+                                "the value inserted into {old} ({}) may change if evaluated twice, so {new} cannot be computed from it",
+                                exprs[index]
+                            ));
+                        }
+                        select
+                            .projection
+                            .push(SelectItem::UnnamedExpr(substitute(up, &values)));
+                    }
+                }
+                _ => {
+                    return Err(
+                        "INSERT … from a set operation into a migrated column is not supported"
+                            .into(),
+                    )
+                }
+            }
+            for (_, new, _) in &wanted {
+                insert.columns.push(ObjectName::from(vec![ident(new)]));
+            }
+        }
+        _ => {}
+    }
+    Ok(statement)
+}
+
+/// In VALUES, a bare identifier can only be the DEFAULT keyword.
+fn is_default(value: &Expr) -> bool {
+    matches!(value, Expr::Identifier(i) if i.quote_style.is_none() && i.value.eq_ignore_ascii_case("default"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{orders_migration, plan_with, rewritten, users_migration};
+    use super::super::{Plan, Shape};
+    use super::*;
+    use crate::config::migration::WriteMode;
+    use crate::routing::Route;
+
+    fn users(sql: &str) -> (String, Vec<Shape>) {
+        rewritten(plan_with(
+            sql,
+            &[users_migration(WriteMode::DualWrite)],
+            Route::Old,
+        ))
+    }
+
+    fn orders(sql: &str) -> String {
+        rewritten(plan_with(
+            sql,
+            &[orders_migration(WriteMode::DualWrite)],
+            Route::Old,
+        ))
+        .0
+    }
+
+    const UPSERT: &str = "INSERT INTO v2.users (id, display_name, email, created_at) \
+        SELECT id, fullname, email, created_at FROM __pgshift_old ON CONFLICT (id) \
+        DO UPDATE SET display_name = EXCLUDED.display_name, email = EXCLUDED.email, created_at = EXCLUDED.created_at";
+
+    #[test]
+    fn table_insert_mirrors_the_post_image() {
+        let (sql, shapes) = users("INSERT INTO users (fullname, email) VALUES ($1, $2)");
+        assert_eq!(
+            sql,
+            format!(
+                "WITH __pgshift_old AS (INSERT INTO users (fullname, email) VALUES ($1, $2) RETURNING users.*), \
+                 __pgshift_new AS ({UPSERT}) SELECT  FROM __pgshift_old AS users"
+            )
+        );
+        assert_eq!(
+            shapes,
+            vec![Shape::Dml {
+                tag: DmlTag::Insert,
+                returning: false
+            }]
+        );
+    }
+
+    #[test]
+    fn table_insert_keeps_returning_on_conflict_and_alias() {
+        let (sql, shapes) = users(
+            "INSERT INTO public.users AS u (id, fullname) VALUES (1, 'a'), (2, 'b') \
+             ON CONFLICT (id) DO UPDATE SET fullname = EXCLUDED.fullname RETURNING u.id, upper(fullname) AS f",
+        );
+        assert!(sql.starts_with(
+            "WITH __pgshift_old AS (INSERT INTO public.users AS u (id, fullname) VALUES (1, 'a'), (2, 'b') \
+             ON CONFLICT(id) DO UPDATE SET fullname = EXCLUDED.fullname RETURNING u.*), __pgshift_new AS ("
+        ), "{sql}");
+        assert!(
+            sql.ends_with(") SELECT u.id, upper(fullname) AS f FROM __pgshift_old AS u"),
+            "{sql}"
+        );
+        assert_eq!(
+            shapes,
+            vec![Shape::Dml {
+                tag: DmlTag::Insert,
+                returning: true
+            }]
+        );
+    }
+
+    #[test]
+    fn table_update_and_delete() {
+        let (sql, shapes) =
+            users("UPDATE users SET email = lower(email) WHERE id = $1 RETURNING *");
+        assert_eq!(
+            sql,
+            format!(
+                "WITH __pgshift_old AS (UPDATE users SET email = lower(email) WHERE id = $1 RETURNING users.*), \
+                 __pgshift_new AS ({UPSERT}) SELECT * FROM __pgshift_old AS users"
+            )
+        );
+        assert_eq!(
+            shapes,
+            vec![Shape::Dml {
+                tag: DmlTag::Update,
+                returning: true
+            }]
+        );
+        let (sql, _) = users("DELETE FROM users u USING banned b WHERE u.email = b.email");
+        assert_eq!(
+            sql,
+            "WITH __pgshift_old AS (DELETE FROM users u USING banned b WHERE u.email = b.email RETURNING u.*), \
+             __pgshift_new AS (DELETE FROM v2.users AS __pgshift_t USING __pgshift_old \
+             WHERE __pgshift_t.id = __pgshift_old.id) SELECT  FROM __pgshift_old AS u"
+        );
+    }
+
+    #[test]
+    fn client_ctes_come_first() {
+        let (sql, _) =
+            users("WITH src AS (SELECT 'x' AS n) INSERT INTO users (fullname) SELECT n FROM src");
+        assert!(sql.starts_with(
+            "WITH src AS (SELECT 'x' AS n), __pgshift_old AS (INSERT INTO users (fullname) SELECT n FROM src RETURNING users.*)"
+        ), "{sql}");
+    }
+
+    #[test]
+    fn returning_other_tables_is_refused() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        for sql in [
+            "UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id RETURNING b.reason",
+            "UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id RETURNING *",
+            "DELETE FROM users USING banned b WHERE users.id = b.id RETURNING reason",
+        ] {
+            let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else { panic!("{sql}") };
+            assert!(r.reason.contains("RETURNING may only name"), "{}", r.reason);
+        }
+        let (sql, _) = users("UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id RETURNING users.id, email");
+        assert!(
+            sql.ends_with("SELECT users.id, email FROM __pgshift_old AS users"),
+            "{sql}"
+        );
+    }
+
+    #[test]
+    fn column_insert_adds_the_new_column() {
+        assert_eq!(
+            orders("INSERT INTO orders (customer, legacy_status) VALUES ($1, $2), ('b', 'paid') RETURNING id"),
+            "INSERT INTO orders (customer, legacy_status, new_status) VALUES ($1, $2, upper(($2))), \
+             ('b', 'paid', upper(('paid'))) RETURNING id"
+        );
+        assert_eq!(
+            orders("INSERT INTO orders VALUES (1, 'c', 'new')"),
+            "INSERT INTO orders (id, customer, legacy_status, new_status) VALUES (1, 'c', 'new', upper(('new')))"
+        );
+        assert_eq!(
+            orders("INSERT INTO orders (customer, legacy_status) SELECT name, status FROM imports"),
+            "INSERT INTO orders (customer, legacy_status, new_status) SELECT name, status, upper((status)) FROM imports"
+        );
+    }
+
+    #[test]
+    fn column_update_and_upsert() {
+        assert_eq!(
+            orders("UPDATE orders SET legacy_status = $1 WHERE id = $2"),
+            "UPDATE orders SET legacy_status = $1, new_status = upper(($1)) WHERE id = $2"
+        );
+        assert_eq!(
+            orders(
+                "INSERT INTO orders (id, legacy_status) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET legacy_status = EXCLUDED.legacy_status"
+            ),
+            "INSERT INTO orders (id, legacy_status, new_status) VALUES (1, 'x', upper(('x'))) ON CONFLICT(id) \
+             DO UPDATE SET legacy_status = EXCLUDED.legacy_status, new_status = upper((EXCLUDED.legacy_status))"
+        );
+        // Statements that already write the new column are left alone.
+        let m = [orders_migration(WriteMode::DualWrite)];
+        let plan = plan_with(
+            "UPDATE orders SET legacy_status = 'a', new_status = 'A'",
+            &m,
+            Route::Old,
+        );
+        assert!(matches!(plan, Plan::Rewrite { .. }), "{plan:?}");
+    }
+
+    #[test]
+    fn column_values_that_change_when_repeated_are_refused() {
+        let m = [orders_migration(WriteMode::DualWrite)];
+        for sql in [
+            "UPDATE orders SET legacy_status = random()::text",
+            "INSERT INTO orders (legacy_status) VALUES (DEFAULT)",
+            "INSERT INTO orders (legacy_status) VALUES ((SELECT s FROM t LIMIT 1))",
+            "UPDATE orders SET id = 5",
+        ] {
+            assert!(
+                matches!(plan_with(sql, &m, Route::Old), Plan::Refuse(_)),
+                "{sql}"
+            );
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! SQL planning for migrations: decide, per client statement, whether it passes through untouched, is rewritten
+//! (dual write, routed read), or is refused. Pure functions: SQL text, migrations with this session's routes, and
+//! the session's view of the catalog in; a [`Plan`] out.
+
+pub mod dual_write;
+pub mod read_route;
+pub mod shape;
+pub mod sqltext;
+
+use crate::config::migration::{Migration, TableName, WriteMode};
+use crate::routing::Route;
+use sqlparser::ast::{visit_statements, ObjectName, Statement, TableFactor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use sqltext::name_parts;
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+pub use shape::{DmlTag, Shape};
+
+/// What this session knows of the catalog: column lists of migrated tables (old and new), and what an
+/// unqualified table name resolves to under the session's search_path.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Schema {
+    pub columns: HashMap<TableName, Vec<String>>,
+    pub unqualified: HashMap<String, TableName>,
+}
+
+/// A migration as it applies to this session right now.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub migration: &'a Migration,
+    pub route: Route,
+}
+
+pub struct Context<'a> {
+    pub targets: &'a [Target<'a>],
+    pub schema: &'a Schema,
+}
+
+/// Something the plan did, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub migration: String,
+    /// `dual_write`, `read_new`, `read_old`, `read_unrewritable`.
+    pub what: &'static str,
+}
+
+/// A statement pgshift will not run, and why. Nothing of the client's message is executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub migration: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Send the client's text unchanged.
+    Forward {
+        actions: Vec<Action>,
+    },
+    /// Send `sql` instead; `shapes` has one entry per statement, in order.
+    Rewrite {
+        sql: String,
+        shapes: Vec<Shape>,
+        actions: Vec<Action>,
+    },
+    Refuse(Refusal),
+}
+
+impl Plan {
+    pub fn actions(&self) -> &[Action] {
+        match self {
+            Plan::Forward { actions } | Plan::Rewrite { actions, .. } => actions,
+            Plan::Refuse(_) => &[],
+        }
+    }
+}
+
+impl<'a> Context<'a> {
+    /// The target a table name refers to, if it is a migrated (old) table.
+    fn resolve(&self, name: &ObjectName, ctes: &[String]) -> Option<&Target<'a>> {
+        let parts = name_parts(name)?;
+        let table = match parts.as_slice() {
+            [name] if ctes.contains(name) => return None,
+            [name] => self.schema.unqualified.get(name)?.clone(),
+            [.., schema, name] => TableName {
+                schema: schema.clone(),
+                name: name.clone(),
+            },
+            [] => return None,
+        };
+        self.targets.iter().find(|t| t.migration.table == table)
+    }
+}
+
+/// Cheap test before parsing: does the text mention any migrated table's name at all (any case)?
+pub fn prefilter(sql: &str, targets: &[Target<'_>]) -> bool {
+    targets
+        .iter()
+        .any(|t| contains_ignore_ascii_case(sql.as_bytes(), t.migration.table.name.as_bytes()))
+}
+
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty()
+        && haystack.len() >= needle.len()
+        && haystack
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+fn refuse(target: &Target<'_>, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        migration: target.migration.name.clone(),
+        reason: reason.into(),
+    }
+}
+
+fn writes_active(target: &Target<'_>) -> bool {
+    target.migration.writes != WriteMode::Off
+}
+
+/// Plans one client message (one or more statements separated by `;`).
+pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
+    let mentioned: Vec<&Target<'_>> = ctx
+        .targets
+        .iter()
+        .filter(|t| contains_ignore_ascii_case(sql.as_bytes(), t.migration.table.name.as_bytes()))
+        .collect();
+    if mentioned.is_empty() {
+        return Plan::Forward { actions: vec![] };
+    }
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(statements) => statements,
+        Err(e) => {
+            // Fail closed: a statement we cannot read may write a migrated table.
+            if let Some(t) = mentioned.iter().find(|t| writes_active(t)) {
+                return Plan::Refuse(refuse(
+                    t,
+                    format!("pgshift cannot parse the statement ({e}), so it cannot tell whether it writes {}", t.migration.table),
+                ));
+            }
+            let actions = mentioned
+                .iter()
+                .map(|t| action(t, "read_unrewritable"))
+                .collect();
+            return Plan::Forward { actions };
+        }
+    };
+    let mut changed = false;
+    let mut texts = Vec::with_capacity(statements.len());
+    let mut shapes = Vec::with_capacity(statements.len());
+    let mut actions = Vec::new();
+    for statement in statements {
+        match plan_statement(statement, ctx, &mut actions) {
+            Ok(Planned::Unchanged(stmt)) => {
+                texts.push(stmt.to_string());
+                shapes.push(Shape::Same);
+            }
+            Ok(Planned::Changed(text, shape)) => {
+                changed = true;
+                texts.push(text);
+                shapes.push(shape);
+            }
+            Err(refusal) => return Plan::Refuse(refusal),
+        }
+    }
+    if changed {
+        Plan::Rewrite {
+            sql: texts.join(";\n"),
+            shapes,
+            actions,
+        }
+    } else {
+        Plan::Forward { actions }
+    }
+}
+
+fn action(target: &Target<'_>, what: &'static str) -> Action {
+    Action {
+        migration: target.migration.name.clone(),
+        what,
+    }
+}
+
+enum Planned {
+    Unchanged(Box<Statement>),
+    Changed(String, Shape),
+}
+
+/// Names of CTEs anywhere in the statement: a CTE named like a migrated table shadows it.
+fn cte_names(statement: &Statement) -> Vec<String> {
+    let mut names = Vec::new();
+    struct Ctes<'a>(&'a mut Vec<String>);
+    impl sqlparser::ast::Visitor for Ctes<'_> {
+        type Break = ();
+        fn pre_visit_query(&mut self, query: &sqlparser::ast::Query) -> ControlFlow<()> {
+            if let Some(with) = &query.with {
+                for cte in &with.cte_tables {
+                    self.0.push(sqltext::fold(&cte.alias.name));
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = sqlparser::ast::Visit::visit(statement, &mut Ctes(&mut names));
+    names
+}
+
+/// The migrated table a DML statement writes, with the statement kind.
+fn dml_target<'c, 'a>(
+    statement: &Statement,
+    ctx: &'c Context<'a>,
+    ctes: &[String],
+) -> Option<(&'c Target<'a>, DmlTag)> {
+    match statement {
+        Statement::Insert(insert) => match &insert.table {
+            sqlparser::ast::TableObject::TableName(name) => {
+                ctx.resolve(name, ctes).map(|t| (t, DmlTag::Insert))
+            }
+            _ => None,
+        },
+        Statement::Update(update) => match &update.table.relation {
+            TableFactor::Table { name, .. } => ctx.resolve(name, ctes).map(|t| (t, DmlTag::Update)),
+            _ => None,
+        },
+        Statement::Delete(delete) => {
+            let tables = match &delete.from {
+                sqlparser::ast::FromTable::WithFromKeyword(t)
+                | sqlparser::ast::FromTable::WithoutKeyword(t) => t,
+            };
+            match tables.first().map(|t| &t.relation) {
+                Some(TableFactor::Table { name, .. }) => {
+                    ctx.resolve(name, ctes).map(|t| (t, DmlTag::Delete))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// sqlparser reads `UPDATE ONLY users` as a table named ONLY with alias users.
+fn only_misparse<'c, 'a>(statement: &Statement, ctx: &'c Context<'a>) -> Option<&'c Target<'a>> {
+    let mut found = None;
+    let _ = sqlparser::ast::visit_relations(statement, |name| {
+        if let Some(parts) = name_parts(name) {
+            if parts == ["only"] {
+                found = Some(());
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found?;
+    let text = statement.to_string().to_lowercase();
+    ctx.targets
+        .iter()
+        .find(|t| text.contains(&t.migration.table.name))
+}
+
+fn plan_statement(
+    statement: Statement,
+    ctx: &Context<'_>,
+    actions: &mut Vec<Action>,
+) -> Result<Planned, Refusal> {
+    let ctes = cte_names(&statement);
+    if let Some(t) = only_misparse(&statement, ctx) {
+        if writes_active(t) {
+            return Err(refuse(
+                t,
+                "statements with ONLY on a migrated table are not supported",
+            ));
+        }
+        actions.push(action(t, "read_unrewritable"));
+        return Ok(Planned::Unchanged(Box::new(statement)));
+    }
+    // Every DML anywhere in the statement (data-modifying CTEs included) that writes a migrated table.
+    let mut nested_writes = Vec::new();
+    let mut other_refusal = None;
+    let _ = visit_statements(&statement, |s| {
+        if let Some((t, tag)) = dml_target(s, ctx, &ctes) {
+            nested_writes.push((t.migration.name.clone(), tag));
+        }
+        match s {
+            Statement::Merge(_) | Statement::Truncate(_) | Statement::Copy { .. } => {
+                let text = s.to_string().to_lowercase();
+                if let Some(t) = ctx.targets.iter().find(|t| {
+                    writes_active(t)
+                        && contains_ignore_ascii_case(
+                            text.as_bytes(),
+                            t.migration.table.name.as_bytes(),
+                        )
+                }) {
+                    let what = match s {
+                        Statement::Merge(_) => "MERGE into a migrated table is not supported",
+                        Statement::Truncate(_) => "TRUNCATE of a migrated table is not supported while writes are mirrored",
+                        _ => "COPY of a migrated table is not supported while writes are mirrored",
+                    };
+                    let is_copy_to = matches!(s, Statement::Copy { to: true, .. });
+                    if !is_copy_to {
+                        other_refusal = Some(refuse(t, what));
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    if let Some(refusal) = other_refusal {
+        return Err(refusal);
+    }
+
+    // The statement itself, or `WITH … <DML>`.
+    let (with, top) = match &statement {
+        Statement::Query(query) => match query.body.as_ref() {
+            sqlparser::ast::SetExpr::Insert(s)
+            | sqlparser::ast::SetExpr::Update(s)
+            | sqlparser::ast::SetExpr::Delete(s) => (query.with.clone(), Some(s.clone())),
+            _ => (None, None),
+        },
+        s @ (Statement::Insert(_) | Statement::Update(_) | Statement::Delete(_)) => {
+            (None, Some(s.clone()))
+        }
+        _ => (None, None),
+    };
+    let top_target = top.as_ref().and_then(|s| dml_target(s, ctx, &ctes));
+    let writes_in_ctes = nested_writes.len() > usize::from(top_target.is_some());
+    if writes_in_ctes {
+        let name = &nested_writes[0].0;
+        if let Some(t) = ctx
+            .targets
+            .iter()
+            .find(|t| &t.migration.name == name && writes_active(t))
+        {
+            return Err(refuse(
+                t,
+                "a data-modifying WITH query that writes a migrated table is not supported",
+            ));
+        }
+    }
+
+    if let (Some(stmt), Some((target, tag))) = (top, top_target) {
+        if !writes_active(target) {
+            return Ok(Planned::Unchanged(Box::new(statement)));
+        }
+        if target.migration.writes == WriteMode::NewPrimary {
+            return Err(refuse(
+                target,
+                "writes = \"new_primary\" is not supported by this build",
+            ));
+        }
+        actions.push(action(target, "dual_write"));
+        let (text, shape) = dual_write::rewrite(stmt, with, tag, target, ctx.schema)?;
+        return Ok(Planned::Changed(text, shape));
+    }
+
+    read_route::route(statement, ctx, &ctes, actions)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::migration::{validate, ColumnMap, MigrationKind, RawMigration};
+
+    pub fn users_migration(writes: WriteMode) -> Migration {
+        let raw = RawMigration {
+            name: "users_v2".into(),
+            kind: MigrationKind::Table,
+            table: "public.users".into(),
+            new_table: Some("v2.users".into()),
+            database: None,
+            key: vec!["id".into()],
+            columns: vec![ColumnMap {
+                old: "fullname".into(),
+                new: "display_name".into(),
+                up: None,
+                down: None,
+            }],
+            writes,
+            reads: Default::default(),
+            salt: None,
+        };
+        validate(raw, "test", &mut Vec::new()).unwrap()
+    }
+
+    pub fn orders_migration(writes: WriteMode) -> Migration {
+        let raw = RawMigration {
+            name: "orders_status".into(),
+            kind: MigrationKind::Column,
+            table: "public.orders".into(),
+            new_table: None,
+            database: None,
+            key: vec!["id".into()],
+            columns: vec![ColumnMap {
+                old: "legacy_status".into(),
+                new: "new_status".into(),
+                up: Some("upper(legacy_status)".into()),
+                down: Some("lower(new_status)".into()),
+            }],
+            writes,
+            reads: Default::default(),
+            salt: None,
+        };
+        validate(raw, "test", &mut Vec::new()).unwrap()
+    }
+
+    pub fn schema() -> Schema {
+        let t = |s: &str, n: &str| TableName {
+            schema: s.into(),
+            name: n.into(),
+        };
+        let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        Schema {
+            columns: HashMap::from([
+                (
+                    t("public", "users"),
+                    cols(&["id", "fullname", "email", "created_at"]),
+                ),
+                (
+                    t("v2", "users"),
+                    cols(&["id", "display_name", "email", "created_at"]),
+                ),
+                (
+                    t("public", "orders"),
+                    cols(&["id", "customer", "legacy_status", "new_status"]),
+                ),
+            ]),
+            unqualified: HashMap::from([
+                ("users".to_owned(), t("public", "users")),
+                ("orders".to_owned(), t("public", "orders")),
+            ]),
+        }
+    }
+
+    pub fn plan_with(sql: &str, migrations: &[Migration], route: Route) -> Plan {
+        let targets: Vec<Target<'_>> = migrations
+            .iter()
+            .map(|m| Target {
+                migration: m,
+                route,
+            })
+            .collect();
+        let schema = schema();
+        plan(
+            sql,
+            &Context {
+                targets: &targets,
+                schema: &schema,
+            },
+        )
+    }
+
+    pub fn rewritten(plan: Plan) -> (String, Vec<Shape>) {
+        match plan {
+            Plan::Rewrite { sql, shapes, .. } => (sql, shapes),
+            other => panic!("expected a rewrite, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn statements_without_migrated_names_are_not_parsed() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        assert_eq!(
+            plan_with("SELEC garbage FROM accounts", &m, Route::New),
+            Plan::Forward { actions: vec![] }
+        );
+    }
+
+    #[test]
+    fn unparsable_writes_are_refused_and_reads_pass() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        let Plan::Refuse(r) =
+            plan_with("UPDATE users SET x = 1 WHERE id IN (SELEC", &m, Route::Old)
+        else {
+            panic!()
+        };
+        assert_eq!(r.migration, "users_v2");
+        assert!(
+            r.reason.starts_with("pgshift cannot parse the statement"),
+            "{}",
+            r.reason
+        );
+        let off = [users_migration(WriteMode::Off)];
+        let plan = plan_with("SELECT * FROM users FOR NO KEY UPDATE", &off, Route::New);
+        assert_eq!(plan.actions()[0].what, "read_unrewritable");
+        assert!(matches!(plan, Plan::Forward { .. }));
+    }
+
+    #[test]
+    fn unsafe_statements_are_refused() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        for (sql, want) in [
+            (
+                "MERGE INTO users u USING src s ON u.id = s.id WHEN MATCHED THEN DELETE",
+                "MERGE",
+            ),
+            ("TRUNCATE users", "TRUNCATE"),
+            ("COPY users FROM STDIN", "COPY"),
+            ("UPDATE ONLY users SET email = 'x'", "ONLY"),
+            (
+                "WITH d AS (DELETE FROM users RETURNING id) SELECT count(*) FROM d",
+                "data-modifying WITH",
+            ),
+            ("UPDATE users SET id = id + 1", "key column id"),
+        ] {
+            match plan_with(sql, &m, Route::Old) {
+                Plan::Refuse(r) => assert!(r.reason.contains(want), "{sql}: {}", r.reason),
+                other => panic!("{sql}: expected a refusal, got {other:?}"),
+            }
+        }
+        assert!(matches!(
+            plan_with("COPY users TO STDOUT", &m, Route::Old),
+            Plan::Forward { .. }
+        ));
+    }
+
+    #[test]
+    fn cte_named_like_the_table_shadows_it() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        let plan = plan_with(
+            "WITH users AS (SELECT 1 AS id) SELECT * FROM users",
+            &m,
+            Route::New,
+        );
+        assert_eq!(plan, Plan::Forward { actions: vec![] });
+    }
+}

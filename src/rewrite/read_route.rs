@@ -1,0 +1,224 @@
+//! Routed reads: each reference to the old table becomes a derived table over the new schema with exactly the
+//! old table's columns, in order, under the old name. Postgres flattens the subquery, so indexes on the new
+//! table are used, and `SELECT *`, qualified column references and `FOR UPDATE` keep working.
+
+use super::sqltext::quote_ident;
+use super::{action, Action, Context, Planned, Refusal, Schema};
+use crate::config::migration::{Migration, MigrationKind};
+use crate::routing::Route;
+use sqlparser::ast::{Query, Statement, TableAlias, TableFactor, VisitMut, VisitorMut};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use std::ops::ControlFlow;
+
+/// The SELECT that presents the new schema in the old table's shape.
+pub fn derived_select(m: &Migration, schema: &Schema) -> Result<String, String> {
+    let old_cols = schema
+        .columns
+        .get(&m.table)
+        .ok_or_else(|| format!("the columns of {} are not known in this session", m.table))?;
+    let (from, new_cols) = match m.kind {
+        MigrationKind::Table => {
+            let new = m.new_table.as_ref().expect("table kind has new_table");
+            let cols = schema
+                .columns
+                .get(new)
+                .ok_or_else(|| format!("the columns of {new} are not known in this session"))?;
+            (
+                format!("{}.{}", quote_ident(&new.schema), quote_ident(&new.name)),
+                cols,
+            )
+        }
+        MigrationKind::Column => (
+            format!(
+                "{}.{}",
+                quote_ident(&m.table.schema),
+                quote_ident(&m.table.name)
+            ),
+            old_cols,
+        ),
+    };
+    let mut items = Vec::with_capacity(old_cols.len());
+    for col in old_cols {
+        let mapped = m.columns.iter().find(|c| c.old.eq_ignore_ascii_case(col));
+        let expr = match mapped {
+            Some(c) => c
+                .down
+                .clone()
+                .unwrap_or_else(|| quote_ident(&c.new.to_lowercase())),
+            None if new_cols.contains(col) => quote_ident(col),
+            None => return Err(format!("column {col} has no counterpart in the new schema")),
+        };
+        if expr == quote_ident(col) {
+            items.push(expr);
+        } else {
+            items.push(format!("{expr} AS {}", quote_ident(col)));
+        }
+    }
+    Ok(format!("SELECT {} FROM {from}", items.join(", ")))
+}
+
+fn parse_query(sql: &str) -> Result<Query, String> {
+    match Parser::parse_sql(&PostgreSqlDialect {}, sql)
+        .map_err(|e| e.to_string())?
+        .pop()
+    {
+        Some(Statement::Query(q)) => Ok(*q),
+        _ => Err("not a query".into()),
+    }
+}
+
+struct Router<'c, 'a> {
+    ctx: &'c Context<'a>,
+    ctes: &'c [String],
+    actions: Vec<Action>,
+    changed: bool,
+}
+
+impl VisitorMut for Router<'_, '_> {
+    type Break = ();
+
+    fn post_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        let TableFactor::Table {
+            name,
+            alias,
+            args: None,
+            ..
+        } = factor
+        else {
+            return ControlFlow::Continue(());
+        };
+        let Some(target) = self.ctx.resolve(name, self.ctes) else {
+            return ControlFlow::Continue(());
+        };
+        if target.route == Route::Old {
+            self.actions.push(action(target, "read_old"));
+            return ControlFlow::Continue(());
+        }
+        let derived =
+            derived_select(target.migration, self.ctx.schema).and_then(|sql| parse_query(&sql));
+        let subquery = match derived {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!(migration = %target.migration.name, error = %e, "read served from the old schema");
+                self.actions.push(action(target, "read_unrewritable"));
+                return ControlFlow::Continue(());
+            }
+        };
+        let alias = alias.clone().or_else(|| {
+            name.0.last().and_then(|part| match part {
+                sqlparser::ast::ObjectNamePart::Identifier(ident) => Some(TableAlias {
+                    explicit: true,
+                    name: ident.clone(),
+                    columns: vec![],
+                    at: None,
+                }),
+                _ => None,
+            })
+        });
+        self.actions.push(action(target, "read_new"));
+        *factor = TableFactor::Derived {
+            lateral: false,
+            subquery: Box::new(subquery),
+            alias,
+            sample: None,
+        };
+        self.changed = true;
+        ControlFlow::Continue(())
+    }
+}
+
+pub(super) fn route(
+    mut statement: Statement,
+    ctx: &Context<'_>,
+    ctes: &[String],
+    actions: &mut Vec<Action>,
+) -> Result<Planned, Refusal> {
+    let mut router = Router {
+        ctx,
+        ctes,
+        actions: Vec::new(),
+        changed: false,
+    };
+    let _ = statement.visit(&mut router);
+    let Router {
+        actions: mine,
+        changed,
+        ..
+    } = router;
+    actions.extend(mine);
+    if changed {
+        Ok(Planned::Changed(statement.to_string(), super::Shape::Same))
+    } else {
+        Ok(Planned::Unchanged(Box::new(statement)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{orders_migration, plan_with, rewritten, users_migration};
+    use super::super::Plan;
+    use crate::config::migration::WriteMode;
+    use crate::routing::Route;
+
+    fn users(sql: &str) -> String {
+        rewritten(plan_with(
+            sql,
+            &[users_migration(WriteMode::DualWrite)],
+            Route::New,
+        ))
+        .0
+    }
+
+    const USERS_NEW: &str =
+        "(SELECT id, display_name AS fullname, email, created_at FROM v2.users)";
+
+    #[test]
+    fn table_reads_get_a_derived_table_with_the_old_shape() {
+        assert_eq!(
+            users("SELECT * FROM users WHERE id = $1"),
+            format!("SELECT * FROM {USERS_NEW} AS users WHERE id = $1")
+        );
+        assert_eq!(
+            users("SELECT u.fullname FROM public.users u JOIN orders o ON o.user_id = u.id FOR UPDATE OF u"),
+            format!("SELECT u.fullname FROM {USERS_NEW} u JOIN orders o ON o.user_id = u.id FOR UPDATE OF u")
+        );
+        assert_eq!(
+            users("SELECT count(*) FROM orders WHERE user_id IN (SELECT id FROM users WHERE email LIKE $1)"),
+            format!("SELECT count(*) FROM orders WHERE user_id IN (SELECT id FROM {USERS_NEW} AS users WHERE email LIKE $1)")
+        );
+        assert_eq!(
+            users("WITH recent AS (SELECT * FROM users ORDER BY created_at DESC LIMIT 5) SELECT fullname FROM recent"),
+            format!("WITH recent AS (SELECT * FROM {USERS_NEW} AS users ORDER BY created_at DESC LIMIT 5) SELECT fullname FROM recent")
+        );
+    }
+
+    #[test]
+    fn column_reads_compute_the_old_column_from_the_new() {
+        let sql = rewritten(plan_with(
+            "SELECT legacy_status, count(*) FROM Orders GROUP BY 1",
+            &[orders_migration(WriteMode::DualWrite)],
+            Route::New,
+        ))
+        .0;
+        assert_eq!(
+            sql,
+            "SELECT legacy_status, count(*) FROM (SELECT id, customer, lower(new_status) AS legacy_status, new_status \
+             FROM public.orders) AS Orders GROUP BY 1"
+        );
+    }
+
+    #[test]
+    fn old_route_and_reads_inside_writes_of_other_tables() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        let plan = plan_with("SELECT * FROM users", &m, Route::Old);
+        assert!(matches!(plan, Plan::Forward { .. }));
+        assert_eq!(plan.actions()[0].what, "read_old");
+        assert_eq!(
+            users("INSERT INTO audit (name) SELECT fullname FROM users WHERE id = 1"),
+            format!(
+                "INSERT INTO audit (name) SELECT fullname FROM {USERS_NEW} AS users WHERE id = 1"
+            )
+        );
+    }
+}
