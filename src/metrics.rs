@@ -29,6 +29,9 @@ pub const SESSION_DURATION: &str = "pgshift_session_duration_seconds";
 pub const CANCEL_REQUESTS: &str = "pgshift_cancel_requests_total";
 pub const CONFIG_INFO: &str = "pgshift_config_info";
 pub const CONFIG_RELOADS: &str = "pgshift_config_reloads_total";
+pub const STATEMENTS_REWRITTEN: &str = "pgshift_statements_rewritten_total";
+pub const STATEMENTS_REFUSED: &str = "pgshift_statements_refused_total";
+pub const READS: &str = "pgshift_reads_total";
 
 /// Client message kinds counted in [`MESSAGES`], by frontend tag.
 const MESSAGE_KINDS: [(u8, &str); 11] = [

@@ -253,14 +253,12 @@ fn validate_migrations(
     migrations
 }
 
-/// Fail closed until the statement rewriter lands: a migration that asks for dual writes or routed reads
-/// would otherwise be silently ignored.
+/// Fail closed on what this build cannot do yet: the reverse mirror (new primary, old written from new) is not
+/// built, and silently writing only one side would be wrong.
 fn unsupported_in_this_build(m: &Migration) -> Option<String> {
-    let active = m.writes != WriteMode::Off || m.reads_can_route_to_new();
-    active.then(|| {
+    (m.writes == WriteMode::NewPrimary).then(|| {
         format!(
-            "migration {:?}: dual writes and read routing need the statement rewriter, which this build of \
-             pgshift does not have yet; keep writes = \"off\" and every new_percent at 0",
+            "migration {:?}: writes = \"new_primary\" is not supported by this build yet; use \"dual_write\" or \"off\"",
             m.name
         )
     })
@@ -478,17 +476,24 @@ columns = [{ old = "fullname", new = "display_name" }]
     }
 
     #[test]
-    fn active_migrations_are_refused_until_the_rewriter_exists() {
+    fn new_primary_is_refused_in_this_build() {
         let text = TWO_MIGRATIONS.replace(
             "key = [\"id\"]\ncolumns = [{ old = \"fullname\"",
-            "key = [\"id\"]\nwrites = \"dual_write\"\ncolumns = [{ old = \"fullname\"",
+            "key = [\"id\"]\nwrites = \"new_primary\"\ncolumns = [{ old = \"fullname\"",
         );
         let ConfigError::Invalid { problems, .. } = parse(&text).unwrap_err() else {
             panic!()
         };
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0]
-            .contains("\"users_v2\": dual writes and read routing need the statement rewriter"));
+        assert!(
+            problems[0].contains("\"users_v2\": writes = \"new_primary\" is not supported"),
+            "{problems:?}"
+        );
+        let dual = text.replace("new_primary", "dual_write");
+        assert_eq!(
+            parse(&dual).unwrap().migrations[1].writes,
+            WriteMode::DualWrite
+        );
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub struct ConfigHandle {
     source: Option<(PathBuf, Overrides)>,
     last: Mutex<Option<ReloadReport>>,
     loaded_at_unix: std::sync::atomic::AtomicU64,
+    /// Bumped by every reload attempt, valid or not: sessions then re-read their catalog at their next
+    /// transaction boundary (so a SIGHUP after DDL on a migrated table refreshes column lists).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 fn now_unix() -> u64 {
@@ -54,6 +57,7 @@ impl ConfigHandle {
             source,
             last: Mutex::new(None),
             loaded_at_unix: now_unix().into(),
+            generation: 0.into(),
         })
     }
 
@@ -68,6 +72,10 @@ impl ConfigHandle {
     pub fn loaded_at_unix(&self) -> u64 {
         self.loaded_at_unix
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn last_reload(&self) -> Option<ReloadReport> {
@@ -135,6 +143,8 @@ impl ConfigHandle {
     }
 
     fn record(&self, report: ReloadReport) -> ReloadReport {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         metrics::counter!(CONFIG_RELOADS, "result" => report.result).increment(1);
         *self.last.lock().expect("reload report lock") = Some(report.clone());
         report

@@ -127,8 +127,8 @@ pub struct Scanner {
 
 /// What the scan saw, for the caller's bookkeeping.
 pub enum Seen<'a> {
-    /// A whole frame.
-    Frame(u8, &'a [u8]),
+    /// A whole frame, and where it starts in the scanned buffer.
+    Frame(u8, &'a [u8], usize),
     /// The start of a frame too large for the buffer; only its header is known.
     Streamed(Header),
 }
@@ -171,8 +171,9 @@ impl Scanner {
             let available = buf.len() - pos;
             if available >= header.total() {
                 let frame = &buf[pos..pos + header.total()];
+                let at = pos;
                 pos += header.total();
-                if seen(Seen::Frame(header.tag, frame))? == Flow::Stop {
+                if seen(Seen::Frame(header.tag, frame, at))? == Flow::Stop {
                     return Ok((pos, Flow::Stop));
                 }
             } else if whole(header.tag) {
@@ -249,7 +250,7 @@ mod tests {
         let (n, _) = scanner
             .scan::<FrameError>(buf, whole, |s| {
                 seen.push(match s {
-                    Seen::Frame(tag, f) => format!("{}:{}", tag as char, f.len()),
+                    Seen::Frame(tag, f, _) => format!("{}:{}", tag as char, f.len()),
                     Seen::Streamed(h) => format!("{}~{}", h.tag as char, h.total()),
                 });
                 Ok(Flow::Continue)
@@ -292,7 +293,7 @@ mod tests {
                 &buf,
                 |_| true,
                 |s| match s {
-                    Seen::Frame(b'X', _) => Ok(Flow::Stop),
+                    Seen::Frame(b'X', _, _) => Ok(Flow::Stop),
                     _ => Ok(Flow::Continue),
                 },
             )

@@ -3,7 +3,9 @@
 pub mod cancel;
 pub mod pending;
 pub mod pump;
+pub mod respond;
 pub mod session;
+pub mod statements;
 pub mod stream;
 pub mod upstream;
 

@@ -62,23 +62,35 @@ pub enum Matched {
     Unexpected,
 }
 
-#[derive(Debug, Default)]
-pub struct Pending {
-    queue: VecDeque<Request>,
+/// The FIFO; each request carries a payload `T` (how to answer it) that the matching never looks at.
+#[derive(Debug)]
+pub struct Pending<T = ()> {
+    queue: VecDeque<(Request, T)>,
     /// An extended-protocol error happened and no Sync has been sent since: the server ignores requests.
     skipping: bool,
     /// The server is in copy-in mode and the client's CopyDone/CopyFail has not been pushed yet.
     copy_in: bool,
 }
 
-impl Pending {
-    pub fn push(&mut self, request: Request) {
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending {
+            queue: VecDeque::new(),
+            skipping: false,
+            copy_in: false,
+        }
+    }
+}
+
+impl<T> Pending<T> {
+    /// Queues a request; returns false if the server will ignore it (so no reply will come).
+    pub fn push(&mut self, request: Request, payload: T) -> bool {
         if self.copy_in {
             match request {
-                Request::Sync => return,
+                Request::Sync => return false,
                 Request::CopyEnd => {
                     self.copy_in = false;
-                    return;
+                    return false;
                 }
                 _ => {}
             }
@@ -87,22 +99,36 @@ impl Pending {
             if request == Request::Sync {
                 self.skipping = false;
             } else {
-                return;
+                return false;
             }
         }
-        self.queue.push_back(request);
+        self.queue.push_back((request, payload));
+        true
+    }
+
+    /// The request the next reply belongs to, with its payload.
+    pub fn front_mut(&mut self) -> Option<(Request, &mut T)> {
+        while matches!(self.queue.front(), Some((Request::CopyEnd, _))) {
+            self.queue.pop_front();
+        }
+        self.queue.front_mut().map(|(r, p)| (*r, p))
+    }
+
+    /// Whether any queued payload satisfies `f`.
+    pub fn any(&self, f: impl Fn(&T) -> bool) -> bool {
+        self.queue.iter().any(|(_, p)| f(p))
     }
 
     /// Nothing is owed: the session sits between requests.
     pub fn is_idle(&self) -> bool {
-        !self.skipping && !self.copy_in && self.queue.iter().all(|&r| r == Request::CopyEnd)
+        !self.skipping && !self.copy_in && self.queue.iter().all(|(r, _)| *r == Request::CopyEnd)
     }
 
     /// Requests still owed a response.
     pub fn len(&self) -> usize {
         self.queue
             .iter()
-            .filter(|&&r| r != Request::CopyEnd)
+            .filter(|(r, _)| *r != Request::CopyEnd)
             .count()
     }
 
@@ -114,7 +140,7 @@ impl Pending {
     fn enter_copy_in(&mut self) {
         let mut i = 1;
         while i < self.queue.len() {
-            match self.queue[i] {
+            match self.queue[i].0 {
                 Request::Sync => {
                     self.queue.remove(i);
                 }
@@ -135,10 +161,10 @@ impl Pending {
             return Matched::Partial;
         }
         // A CopyDone/CopyFail sent after the copy had already ended (the server drops it).
-        while self.queue.front() == Some(&Request::CopyEnd) {
+        while matches!(self.queue.front(), Some((Request::CopyEnd, _))) {
             self.queue.pop_front();
         }
-        let Some(&front) = self.queue.front() else {
+        let Some(&(front, _)) = self.queue.front() else {
             return Matched::Unexpected;
         };
         if tag == b'G' {
@@ -155,16 +181,16 @@ impl Pending {
             let skipped = self
                 .queue
                 .iter()
-                .position(|&r| r == Request::Sync)
+                .position(|(r, _)| *r == Request::Sync)
                 .unwrap_or(self.queue.len());
             let skipped_requests = self
                 .queue
                 .iter()
                 .take(skipped)
-                .filter(|&&r| r != Request::CopyEnd)
+                .filter(|(r, _)| *r != Request::CopyEnd)
                 .count();
             self.queue.drain(..skipped);
-            self.skipping = !self.queue.contains(&Request::Sync);
+            self.skipping = !self.queue.iter().any(|(r, _)| *r == Request::Sync);
             return Matched::Failed {
                 request: front,
                 skipped: skipped_requests,
@@ -199,7 +225,9 @@ mod tests {
 
     fn pending(requests: &[Request]) -> Pending {
         let mut p = Pending::default();
-        requests.iter().for_each(|&r| p.push(r));
+        requests.iter().for_each(|&r| {
+            p.push(r, ());
+        });
         p
     }
 
@@ -259,8 +287,8 @@ mod tests {
             }
         );
         assert!(!p.is_idle());
-        p.push(Execute); // sent after the error: the server ignores it
-        p.push(Sync);
+        p.push(Execute, ()); // sent after the error: the server ignores it
+        p.push(Sync, ());
         assert_eq!(p.len(), 1);
         assert_eq!(p.on_backend(b'Z'), Matched::Done(Sync));
         assert!(p.is_idle());
@@ -293,9 +321,9 @@ mod tests {
         let mut p = pending(&[Bind, Execute, Sync]);
         p.on_backend(b'2');
         assert_eq!(p.on_backend(b'G'), Matched::Partial);
-        p.push(Sync); // Flush/Sync while copying: ignored by the server
-        p.push(CopyEnd);
-        p.push(Sync);
+        p.push(Sync, ()); // Flush/Sync while copying: ignored by the server
+        p.push(CopyEnd, ());
+        p.push(Sync, ());
         assert_eq!(p.on_backend(b'C'), Matched::Done(Execute));
         assert_eq!(p.on_backend(b'Z'), Matched::Done(Sync));
         assert!(p.is_idle());
@@ -313,8 +341,8 @@ mod tests {
                 skipped: 0
             }
         );
-        p.push(CopyEnd); // dropped by the server after the error
-        p.push(Sync);
+        p.push(CopyEnd, ()); // dropped by the server after the error
+        p.push(Sync, ());
         assert_eq!(p.on_backend(b'Z'), Matched::Done(Sync));
         assert!(p.is_idle());
     }
@@ -331,9 +359,9 @@ mod tests {
         p.on_backend(b'G');
         p.on_backend(b'E');
         assert_eq!(p.on_backend(b'Z'), Matched::Done(Query));
-        p.push(CopyEnd);
+        p.push(CopyEnd, ());
         assert!(p.is_idle());
-        p.push(Query);
+        p.push(Query, ());
         assert_eq!(p.on_backend(b'Z'), Matched::Done(Query));
     }
 
@@ -348,7 +376,10 @@ mod tests {
     fn unexplained_messages_are_reported() {
         let mut p = pending(&[Bind]);
         assert_eq!(p.on_backend(b'1'), Matched::Unexpected);
-        assert_eq!(Pending::default().on_backend(b'E'), Matched::Unexpected);
-        assert_eq!(Pending::default().on_backend(b'A'), Matched::Partial);
+        assert_eq!(
+            Pending::<()>::default().on_backend(b'E'),
+            Matched::Unexpected
+        );
+        assert_eq!(Pending::<()>::default().on_backend(b'A'), Matched::Partial);
     }
 }

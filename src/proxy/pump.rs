@@ -1,16 +1,21 @@
 //! The two directions of an established session. Frames go through as raw bytes, many per write; only the
-//! headers are read, plus ReadyForQuery's status byte. Each pump reads again only after its write has
-//! completed, so a slow reader on one side throttles the other instead of growing pgshift's buffers.
+//! headers are read, plus the messages that carry SQL when the session's database has migrations, and the
+//! replies that must be reshaped. Each pump reads again only after its write has completed, so a slow reader
+//! on one side throttles the other instead of growing pgshift's buffers.
 
 use super::pending::{Matched, Pending, Request};
+use super::respond::{self, Output, Respond};
 use super::session::SessionError;
+use super::statements::{Entry, Statements};
 use super::Phase;
 use crate::metrics;
 use crate::protocol::frame::{Flow, FrameError, Scanner, Seen};
-use crate::protocol::messages;
-use bytes::{Buf, BytesMut};
+use crate::protocol::messages::{self, encode};
+use bytes::{Buf, Bytes, BytesMut};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Read buffer sizes. A buffer grows past these only to hold one inspected frame.
 pub const CLIENT_BUF: usize = 8 * 1024;
@@ -20,6 +25,39 @@ pub const UPSTREAM_BUF: usize = 32 * 1024;
 fn make_room(buf: &mut BytesMut, size: usize) {
     if buf.capacity() - buf.len() < size / 4 {
         buf.reserve(size);
+    }
+}
+
+/// What the two pumps of one session share.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Transaction status from the last ReadyForQuery: `I`, `T` or `E`.
+    status: AtomicU8,
+    /// FIFO entries sent by the client pump and not yet taken by the upstream pump.
+    in_channel: AtomicUsize,
+    /// The upstream pump's FIFO owes nothing.
+    queue_idle: AtomicBool,
+    /// The latest application_name the server reported (SET application_name changes it).
+    application_name: Mutex<Option<String>>,
+}
+
+impl Default for SessionState {
+    fn default() -> Self {
+        SessionState {
+            status: AtomicU8::new(b'I'),
+            in_channel: AtomicUsize::new(0),
+            queue_idle: AtomicBool::new(true),
+            application_name: Mutex::new(None),
+        }
+    }
+}
+
+impl SessionState {
+    /// Between transactions with nothing in flight: where routes and config snapshots may change.
+    fn idle(&self) -> bool {
+        self.in_channel.load(Ordering::Acquire) == 0
+            && self.queue_idle.load(Ordering::Acquire)
+            && self.status.load(Ordering::Acquire) == b'I'
     }
 }
 
@@ -39,21 +77,39 @@ pub enum UpstreamExit {
     Shutdown,
 }
 
-/// Client to upstream: forwards frames and tells the other pump which responses to expect.
-pub struct ClientPump {
+/// Client to upstream: forwards frames (rewriting SQL where migrations apply) and tells the other pump which
+/// replies to expect and how to shape them.
+pub struct ClientPump<'s> {
     buf: BytesMut,
     scanner: Scanner,
-    expect: mpsc::UnboundedSender<Request>,
+    expect: mpsc::UnboundedSender<Entry>,
+    state: &'s SessionState,
+    statements: Statements,
+    out: BytesMut,
     writing: bool,
 }
 
-impl ClientPump {
-    pub fn new(mut buf: BytesMut, expect: mpsc::UnboundedSender<Request>) -> Self {
+/// A frame seen by the scan, processed after it (processing may wait for the catalog).
+enum Seen2 {
+    Whole { tag: u8, at: usize, len: usize },
+    Streamed(u8),
+}
+
+impl<'s> ClientPump<'s> {
+    pub fn new(
+        mut buf: BytesMut,
+        expect: mpsc::UnboundedSender<Entry>,
+        state: &'s SessionState,
+        statements: Statements,
+    ) -> Self {
         make_room(&mut buf, CLIENT_BUF);
         ClientPump {
             buf,
             scanner: Scanner::default(),
             expect,
+            state,
+            statements,
+            out: BytesMut::new(),
             writing: false,
         }
     }
@@ -61,6 +117,12 @@ impl ClientPump {
     /// True if the upstream stream is at a frame boundary, so pgshift may still send it a Terminate.
     pub fn is_clean(&self) -> bool {
         !self.writing && !self.scanner.mid_frame()
+    }
+
+    fn send(&self, entry: Entry) {
+        self.state.in_channel.fetch_add(1, Ordering::AcqRel);
+        // The receiver lives as long as the session; a send error means it is ending anyway.
+        let _ = self.expect.send(entry);
     }
 
     pub async fn run<R, W>(
@@ -75,22 +137,27 @@ impl ClientPump {
         let handles = metrics::handles();
         loop {
             // Scan before reading: bytes left over from the startup phase (a pipelined first query) go first.
-            let expect = &self.expect;
+            let engaged = self.statements.engaged();
+            let mut seen = Vec::new();
             let (len, flow) = self
                 .scanner
                 .scan::<FrameError>(
                     &self.buf,
-                    |_| false,
-                    |seen| {
-                        let tag = match seen {
-                            Seen::Frame(tag, _) => tag,
-                            Seen::Streamed(header) => header.tag,
+                    |tag| engaged && tag != b'd',
+                    |s| {
+                        let (tag, item) = match s {
+                            Seen::Frame(tag, frame, at) => (
+                                tag,
+                                Seen2::Whole {
+                                    tag,
+                                    at,
+                                    len: frame.len(),
+                                },
+                            ),
+                            Seen::Streamed(h) => (h.tag, Seen2::Streamed(h.tag)),
                         };
                         handles.message(tag).increment(1);
-                        if let Some(request) = Request::from_tag(tag) {
-                            // The receiver lives as long as the session; a send error means it is ending anyway.
-                            let _ = expect.send(request);
-                        }
+                        seen.push(item);
                         Ok(if tag == b'X' {
                             Flow::Stop
                         } else {
@@ -100,12 +167,24 @@ impl ClientPump {
                 )
                 .map_err(|e| SessionError::ClientProtocol(e.to_string()))?;
             if len > 0 {
-                self.writing = true;
-                upstream
-                    .write_all(&self.buf[..len])
-                    .await
-                    .map_err(SessionError::UpstreamIo)?;
-                self.writing = false;
+                if engaged {
+                    self.rewrite_batch(&seen, len, upstream).await?;
+                } else {
+                    for item in &seen {
+                        let tag = match item {
+                            Seen2::Whole { tag, .. } | Seen2::Streamed(tag) => *tag,
+                        };
+                        if let Some(request) = Request::from_tag(tag) {
+                            self.send(Entry::forward(request));
+                        }
+                    }
+                    self.writing = true;
+                    upstream
+                        .write_all(&self.buf[..len])
+                        .await
+                        .map_err(SessionError::UpstreamIo)?;
+                    self.writing = false;
+                }
                 self.buf.advance(len);
                 if flow == Flow::Stop {
                     return Ok(ClientExit::Terminated);
@@ -122,24 +201,145 @@ impl ClientPump {
             handles.bytes_from_client.increment(n as u64);
         }
     }
+
+    /// The migration path: SQL-carrying messages go through [`Statements`]; everything else is copied as is.
+    async fn rewrite_batch<W: AsyncWrite + Unpin>(
+        &mut self,
+        seen: &[Seen2],
+        len: usize,
+        upstream: &mut W,
+    ) -> Result<(), SessionError> {
+        self.out.clear();
+        let mut copied = 0;
+        let mut first = true;
+        for item in seen {
+            let Seen2::Whole { tag, at, len: flen } = *item else {
+                if let Seen2::Streamed(tag) = item {
+                    if let Some(request) = Request::from_tag(*tag) {
+                        self.send(Entry::forward(request));
+                    }
+                }
+                continue;
+            };
+            let carries_sql = matches!(tag, b'Q' | b'P' | b'B');
+            if carries_sql && first && copied == at && self.out.is_empty() && self.state.idle() {
+                // A transaction boundary: the moment to take the current config, routes and catalog.
+                self.refresh(upstream).await?;
+            }
+            first = false;
+            if !matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'E' | b'C') {
+                if let Some(request) = Request::from_tag(tag) {
+                    self.send(Entry::forward(request));
+                }
+                continue;
+            }
+            self.out.extend_from_slice(&self.buf[copied..at]);
+            copied = at + flen;
+            let frame = &self.buf[at..at + flen];
+            let mut entries = Vec::with_capacity(1);
+            let result = match tag {
+                b'Q' => self
+                    .statements
+                    .on_query(frame, &mut self.out)
+                    .map(|e| entries.push(e)),
+                b'P' => self
+                    .statements
+                    .on_parse(frame, &mut self.out)
+                    .map(|e| entries.push(e)),
+                b'B' => self.statements.on_bind(frame, &mut self.out, &mut entries),
+                b'D' => self
+                    .statements
+                    .on_describe(frame, &mut self.out)
+                    .map(|e| entries.push(e)),
+                b'E' => self
+                    .statements
+                    .on_execute(frame, &mut self.out)
+                    .map(|e| entries.push(e)),
+                _ => self
+                    .statements
+                    .on_close(frame, &mut self.out)
+                    .map(|e| entries.push(e)),
+            };
+            if let Err(e) = result {
+                // Malformed: forward it untouched and let the server reject it, as it would directly.
+                tracing::debug!(error = %e, "malformed message forwarded as is");
+                self.out.extend_from_slice(frame);
+                entries.clear();
+                if let Some(request) = Request::from_tag(tag) {
+                    entries.push(Entry::forward(request));
+                }
+            }
+            for entry in entries {
+                self.send(entry);
+            }
+        }
+        self.out.extend_from_slice(&self.buf[copied..len]);
+        self.writing = true;
+        upstream
+            .write_all(&self.out)
+            .await
+            .map_err(SessionError::UpstreamIo)?;
+        self.writing = false;
+        Ok(())
+    }
+
+    /// Re-reads config and routes; if the catalog is stale, looks it up on the upstream connection first.
+    async fn refresh<W: AsyncWrite + Unpin>(
+        &mut self,
+        upstream: &mut W,
+    ) -> Result<(), SessionError> {
+        let application_name = self
+            .state
+            .application_name
+            .lock()
+            .expect("state lock")
+            .clone();
+        let Some(sql) = self.statements.refresh(application_name) else {
+            return Ok(());
+        };
+        let (done, rows) = oneshot::channel();
+        let mut query = BytesMut::new();
+        encode::query(&mut query, &sql);
+        self.send(Entry {
+            request: Request::Query,
+            respond: Respond::Catalog {
+                rows: Vec::new(),
+                error: None,
+                done: Some(done),
+            },
+        });
+        self.writing = true;
+        upstream
+            .write_all(&query)
+            .await
+            .map_err(SessionError::UpstreamIo)?;
+        self.writing = false;
+        let rows = rows
+            .await
+            .unwrap_or_else(|_| Err("the session ended during the catalog lookup".to_owned()));
+        self.statements.set_schema(rows);
+        Ok(())
+    }
 }
 
-/// Upstream to client: forwards responses, matches them to requests and tracks the transaction status.
-pub struct UpstreamPump {
+/// Upstream to client: forwards responses, matches them to requests, reshapes the replies of rewritten and
+/// injected requests, and tracks the transaction status.
+pub struct UpstreamPump<'s> {
     buf: BytesMut,
     scanner: Scanner,
-    expected: mpsc::UnboundedReceiver<Request>,
-    pending: Pending,
-    /// From the last ReadyForQuery: `I`, `T` or `E`.
-    status: u8,
+    expected: mpsc::UnboundedReceiver<Entry>,
+    pending: Pending<Respond>,
+    state: &'s SessionState,
+    out: BytesMut,
     writing: bool,
     phase: watch::Receiver<Phase>,
 }
 
-impl UpstreamPump {
+impl<'s> UpstreamPump<'s> {
     pub fn new(
         buf: BytesMut,
-        expected: mpsc::UnboundedReceiver<Request>,
+        expected: mpsc::UnboundedReceiver<Entry>,
+        state: &'s SessionState,
         phase: watch::Receiver<Phase>,
     ) -> Self {
         UpstreamPump {
@@ -147,7 +347,8 @@ impl UpstreamPump {
             scanner: Scanner::default(),
             expected,
             pending: Pending::default(),
-            status: b'I',
+            state,
+            out: BytesMut::new(),
             writing: false,
             phase,
         }
@@ -160,16 +361,20 @@ impl UpstreamPump {
 
     /// Between transactions with nothing owed: the point where a draining session may be closed.
     fn is_idle(&self) -> bool {
-        self.status == b'I'
+        self.state.status.load(Ordering::Acquire) == b'I'
             && self.pending.is_idle()
             && self.buf.is_empty()
             && !self.scanner.mid_frame()
     }
 
     fn take_expected(&mut self) {
-        while let Ok(request) = self.expected.try_recv() {
-            self.pending.push(request);
+        while let Ok(entry) = self.expected.try_recv() {
+            self.state.in_channel.fetch_sub(1, Ordering::AcqRel);
+            self.pending.push(entry.request, entry.respond);
         }
+        self.state
+            .queue_idle
+            .store(self.pending.is_idle(), Ordering::Release);
     }
 
     pub async fn run<R, W>(
@@ -208,32 +413,74 @@ impl UpstreamPump {
             }
             handles.bytes_from_upstream.increment(n as u64);
             self.take_expected();
-            let (pending, status) = (&mut self.pending, &mut self.status);
+            let shaping = self.pending.any(Respond::is_special);
+            let (pending, state) = (&mut self.pending, self.state);
+            let mut edits: Vec<(usize, usize, Option<Bytes>)> = Vec::new();
             let (len, _) = self
                 .scanner
-                .scan::<FrameError>(&self.buf, |tag| tag == b'Z', |seen| {
-                    let tag = match seen {
-                        Seen::Frame(b'Z', frame) => {
-                            *status = messages::ready_status(frame)?;
-                            b'Z'
+                .scan::<FrameError>(
+                    &self.buf,
+                    |tag| if shaping { tag != b'd' } else { matches!(tag, b'Z' | b'S') },
+                    |seen| {
+                        let tag = match seen {
+                            Seen::Frame(tag, frame, at) => {
+                                match tag {
+                                    b'Z' => state.status.store(messages::ready_status(frame)?, Ordering::Release),
+                                    b'S' => {
+                                        let (name, value) = messages::parameter_status(frame)?;
+                                        if name == b"application_name" {
+                                            *state.application_name.lock().expect("state lock") =
+                                                Some(String::from_utf8_lossy(value).into_owned());
+                                        }
+                                    }
+                                    _ => {}
+                                }
+                                if let Some((request, respond)) = pending.front_mut() {
+                                    match respond::shape(respond, request, tag, frame) {
+                                        Output::Forward => {}
+                                        Output::Drop => edits.push((at, frame.len(), None)),
+                                        Output::Replace(bytes) => edits.push((at, frame.len(), Some(bytes))),
+                                    }
+                                }
+                                tag
+                            }
+                            Seen::Streamed(header) => header.tag,
+                        };
+                        if let Matched::Unexpected = pending.on_backend(tag) {
+                            tracing::debug!(tag = %(tag as char), "response matched no pending request");
                         }
-                        Seen::Frame(tag, _) => tag,
-                        Seen::Streamed(header) => header.tag,
-                    };
-                    if let Matched::Unexpected = pending.on_backend(tag) {
-                        tracing::debug!(tag = %(tag as char), "response matched no pending request");
-                    }
-                    Ok(Flow::Continue)
-                })
+                        Ok(Flow::Continue)
+                    },
+                )
                 .map_err(SessionError::UpstreamProtocol)?;
+            self.state
+                .queue_idle
+                .store(self.pending.is_idle(), Ordering::Release);
             if len == 0 {
                 continue;
             }
             self.writing = true;
-            client
-                .write_all(&self.buf[..len])
-                .await
-                .map_err(SessionError::ClientIo)?;
+            if edits.is_empty() {
+                client
+                    .write_all(&self.buf[..len])
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+            } else {
+                self.out.clear();
+                let mut copied = 0;
+                for (at, flen, replacement) in edits {
+                    self.out.extend_from_slice(&self.buf[copied..at]);
+                    if let Some(bytes) = replacement {
+                        self.out.extend_from_slice(&bytes);
+                    }
+                    copied = at + flen;
+                }
+                self.out.extend_from_slice(&self.buf[copied..len]);
+                client
+                    .write_all(&self.out)
+                    .await
+                    .map_err(SessionError::ClientIo)?;
+            }
             self.writing = false;
             self.buf.advance(len);
         }

@@ -2,7 +2,8 @@
 //! authentication exchange, then run the two pumps until either side ends.
 
 use super::cancel::Owner;
-use super::pump::{self, ClientExit, ClientPump, UpstreamExit, UpstreamPump};
+use super::pump::{self, ClientExit, ClientPump, SessionState, UpstreamExit, UpstreamPump};
+use super::statements::{settings_from_options, Statements};
 use super::stream::Stream;
 use super::upstream;
 use super::{Phase, Shared};
@@ -17,6 +18,7 @@ use crate::protocol::startup::{
     self, CancelKey, CancelRequest, StartupError, StartupMessage, StartupPacket,
 };
 use crate::protocol::tls::ALPN_POSTGRESQL;
+use crate::routing::SessionFacts;
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -173,7 +175,8 @@ async fn handle(
         Err(e) => return Err(e),
     }
 
-    run_pumps(shared, client, cbuf, upstream, ubuf).await
+    let facts = session_facts(&msg, peer);
+    run_pumps(shared, client, cbuf, upstream, ubuf, facts).await
 }
 
 /// Sends a FATAL error to a client whose session will not start, and counts it.
@@ -460,18 +463,47 @@ async fn relay_auth(
 }
 
 /// Runs both directions until one ends, then closes both sides as cleanly as their state allows.
+/// What routing rules and keys can know about this session, from its startup packet and address.
+fn session_facts(msg: &StartupMessage, peer: SocketAddr) -> SessionFacts {
+    let user = msg.param("user").unwrap_or_default().to_owned();
+    let mut facts = SessionFacts {
+        database: msg
+            .param("database")
+            .filter(|d| !d.is_empty())
+            .unwrap_or(&user)
+            .to_owned(),
+        user,
+        application_name: msg.param("application_name").unwrap_or_default().to_owned(),
+        client_addr: Some(peer.ip()),
+        startup: msg.params.clone(),
+        ..Default::default()
+    };
+    for (name, value) in settings_from_options(msg.param("options").unwrap_or_default()) {
+        match name.as_str() {
+            "pgshift.key" => facts.key_setting = Some(value),
+            "pgshift.context" => facts.context = Some(value),
+            "application_name" => facts.application_name = value,
+            _ => {}
+        }
+    }
+    facts
+}
+
 async fn run_pumps(
     shared: &Shared,
     client: Stream,
     cbuf: BytesMut,
     upstream: Stream,
     ubuf: BytesMut,
+    facts: SessionFacts,
 ) -> Result<End, SessionError> {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut ur, mut uw) = tokio::io::split(upstream);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut front = ClientPump::new(cbuf, tx);
-    let mut back = UpstreamPump::new(ubuf, rx, shared.phase.clone());
+    let state = SessionState::default();
+    let statements = Statements::new(shared.live.clone(), facts);
+    let mut front = ClientPump::new(cbuf, tx, &state, statements);
+    let mut back = UpstreamPump::new(ubuf, rx, &state, shared.phase.clone());
 
     let exit = tokio::select! {
         exit = front.run(&mut cr, &mut uw) => Ok(exit),

@@ -2,6 +2,7 @@
 //! (dual write, routed read), or is refused. Pure functions: SQL text, migrations with this session's routes, and
 //! the session's view of the catalog in; a [`Plan`] out.
 
+pub mod catalog;
 pub mod dual_write;
 pub mod read_route;
 pub mod shape;

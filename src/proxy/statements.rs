@@ -1,0 +1,474 @@
+//! A session's view of the migrations: the config snapshot in force for the current transaction, the routes
+//! decided for it, the catalog, and the prepared statements and portals it has created. Turns each client
+//! message that carries SQL into the bytes to send upstream and the FIFO entries that shape the replies.
+
+use super::pending::Request;
+use super::respond::{CatalogRows, Respond};
+use crate::config::reload::ConfigHandle;
+use crate::config::Config;
+use crate::error::{ClientError, SqlState};
+use crate::metrics::{READS, STATEMENTS_REFUSED, STATEMENTS_REWRITTEN};
+use crate::protocol::frame::FrameError;
+use crate::protocol::messages::{self, encode};
+use crate::rewrite::{self, catalog, Context, Plan, Schema, Shape, Target};
+use crate::routing::{self, Route, SessionFacts};
+use bytes::{Bytes, BytesMut};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Sent instead of a refused statement: it fails at parse time, so nothing runs and the server's transaction
+/// state is exactly that of a failed statement; pgshift replaces the syntax error with its own.
+const REFUSED_SQL: &str = "pgshift refused this statement";
+
+/// One FIFO entry: a request and how to answer it.
+pub struct Entry {
+    pub request: Request,
+    pub respond: Respond,
+}
+
+impl Entry {
+    pub fn forward(request: Request) -> Entry {
+        Entry {
+            request,
+            respond: Respond::Forward,
+        }
+    }
+}
+
+struct Prepared {
+    /// The client's SQL, replanned when routes change.
+    query: String,
+    types: Bytes,
+    shape: Shape,
+    fingerprint: u64,
+}
+
+pub struct Statements {
+    live: Arc<ConfigHandle>,
+    config: Arc<Config>,
+    generation: u64,
+    pub facts: SessionFacts,
+    /// Indices into `config.migrations` of those that apply to this session's database.
+    active: Vec<usize>,
+    routes: Vec<Route>,
+    schema: Schema,
+    schema_generation: Option<u64>,
+    /// Changes whenever plans may change: config, catalog, routes.
+    fingerprint: u64,
+    statements: HashMap<Vec<u8>, Prepared>,
+    portals: HashMap<Vec<u8>, Shape>,
+}
+
+impl Statements {
+    pub fn new(live: Arc<ConfigHandle>, facts: SessionFacts) -> Statements {
+        let config = live.current();
+        let generation = live.generation();
+        let mut s = Statements {
+            live,
+            config,
+            generation,
+            facts,
+            active: Vec::new(),
+            routes: Vec::new(),
+            schema: Schema::default(),
+            schema_generation: None,
+            fingerprint: 0,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+        };
+        s.select_active();
+        s
+    }
+
+    fn select_active(&mut self) {
+        self.active = (0..self.config.migrations.len())
+            .filter(|&i| {
+                self.config.migrations[i]
+                    .database
+                    .as_deref()
+                    .is_none_or(|db| db == self.facts.database)
+            })
+            .collect();
+    }
+
+    /// Whether this session has anything to rewrite (or a reload it has not looked at yet).
+    pub fn engaged(&self) -> bool {
+        !self.active.is_empty() || self.live.generation() != self.generation
+    }
+
+    /// At a transaction boundary: take the current config, decide routes, and say whether the catalog must be
+    /// (re)read first — returns the lookup query then.
+    pub fn refresh(&mut self, application_name: Option<String>) -> Option<String> {
+        let generation = self.live.generation();
+        if generation != self.generation {
+            self.config = self.live.current();
+            self.generation = generation;
+            self.select_active();
+        }
+        if let Some(app) = application_name {
+            self.facts.application_name = app;
+        }
+        self.routes = self
+            .active
+            .iter()
+            .map(|&i| routing::decide(&self.config.migrations[i], &self.facts).route)
+            .collect();
+        self.update_fingerprint();
+        if self.active.is_empty() || self.schema_generation == Some(self.generation) {
+            return None;
+        }
+        let migrations: Vec<_> = self
+            .active
+            .iter()
+            .map(|&i| &self.config.migrations[i])
+            .collect();
+        catalog::query(&migrations)
+    }
+
+    pub fn set_schema(&mut self, rows: CatalogRows) {
+        match rows {
+            Ok(rows) => self.schema = catalog::parse(&rows),
+            Err(e) => {
+                tracing::warn!(error = %e, "catalog lookup failed; statements on migrated tables will be refused");
+                self.schema = Schema::default();
+            }
+        }
+        self.schema_generation = Some(self.generation);
+        self.update_fingerprint();
+    }
+
+    fn update_fingerprint(&mut self) {
+        let mut h: u64 = self.generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for (i, r) in self.routes.iter().enumerate() {
+            if *r == Route::New {
+                h ^= 1u64.rotate_left(i as u32);
+            }
+        }
+        h ^= self
+            .schema_generation
+            .unwrap_or(u64::MAX)
+            .wrapping_mul(0x2545_f491_4f6c_dd1d);
+        self.fingerprint = h;
+    }
+
+    fn plan(&self, sql: &str) -> Plan {
+        let targets: Vec<Target<'_>> = self
+            .active
+            .iter()
+            .zip(&self.routes)
+            .map(|(&i, &route)| Target {
+                migration: &self.config.migrations[i],
+                route,
+            })
+            .collect();
+        if !rewrite::prefilter(sql, &targets) {
+            return Plan::Forward { actions: vec![] };
+        }
+        let plan = rewrite::plan(
+            sql,
+            &Context {
+                targets: &targets,
+                schema: &self.schema,
+            },
+        );
+        record(&plan);
+        plan
+    }
+
+    /// `SET pgshift.key = …` / `SET pgshift.context = …` change the routing facts from the next transaction.
+    fn observe_settings(&mut self, sql: &str) {
+        if !sql.to_ascii_lowercase().contains("pgshift.") {
+            return;
+        }
+        for (name, value) in parse_settings(sql) {
+            match name.as_str() {
+                "pgshift.key" => self.facts.key_setting = value,
+                "pgshift.context" => self.facts.context = value,
+                _ => {}
+            }
+        }
+    }
+
+    /// Query ('Q'): writes the message to send into `out` and returns its FIFO entry.
+    pub fn on_query(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
+        let sql = String::from_utf8_lossy(messages::query_text(frame)?).into_owned();
+        self.observe_settings(&sql);
+        let respond = match self.plan(&sql) {
+            Plan::Forward { .. } => {
+                out.extend_from_slice(frame);
+                Respond::Forward
+            }
+            Plan::Rewrite { sql, shapes, .. } => {
+                encode::query(out, &sql);
+                Respond::Statements {
+                    shapes: Arc::from(shapes),
+                    next: 0,
+                }
+            }
+            Plan::Refuse(refusal) => {
+                encode::query(out, REFUSED_SQL);
+                Respond::ReplaceError(refused(&refusal))
+            }
+        };
+        Ok(Entry {
+            request: Request::Query,
+            respond,
+        })
+    }
+
+    /// Parse ('P'): plans the statement once; Bind re-plans it if routes change later.
+    pub fn on_parse(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
+        let messages::ParseParts { name, query, types } = messages::parse_message(frame)?;
+        let sql = String::from_utf8_lossy(query).into_owned();
+        self.observe_settings(&sql);
+        let (respond, shape) = self.write_parse(name, &sql, types, out, false);
+        self.statements.insert(
+            name.to_vec(),
+            Prepared {
+                query: sql,
+                types: Bytes::copy_from_slice(types),
+                shape,
+                fingerprint: self.fingerprint,
+            },
+        );
+        Ok(Entry {
+            request: Request::Parse,
+            respond,
+        })
+    }
+
+    fn write_parse(
+        &self,
+        name: &[u8],
+        sql: &str,
+        types: &[u8],
+        out: &mut BytesMut,
+        injected: bool,
+    ) -> (Respond, Shape) {
+        match self.plan(sql) {
+            Plan::Forward { .. } => {
+                encode::parse(out, name, sql, types);
+                (
+                    if injected {
+                        Respond::Swallow
+                    } else {
+                        Respond::Forward
+                    },
+                    Shape::Same,
+                )
+            }
+            Plan::Rewrite { sql, shapes, .. } => {
+                encode::parse(out, name, &sql, types);
+                let shape = shapes.first().copied().unwrap_or(Shape::Same);
+                (
+                    if injected {
+                        Respond::Swallow
+                    } else {
+                        Respond::Forward
+                    },
+                    shape,
+                )
+            }
+            Plan::Refuse(refusal) => {
+                encode::parse(out, name, REFUSED_SQL, types);
+                (Respond::ReplaceError(refused(&refusal)), Shape::Same)
+            }
+        }
+    }
+
+    /// Bind ('B'): if the statement was planned under other routes, it is closed and parsed again first,
+    /// invisibly, so prepared statements follow the current routing (JDBC, pgx and asyncpg keep them forever).
+    pub fn on_bind(
+        &mut self,
+        frame: &[u8],
+        out: &mut BytesMut,
+        entries: &mut Vec<Entry>,
+    ) -> Result<(), FrameError> {
+        let (portal, statement) = messages::bind_names(frame)?;
+        let fingerprint = self.fingerprint;
+        let stale = self
+            .statements
+            .get(statement)
+            .filter(|p| p.fingerprint != fingerprint)
+            .map(|p| (p.query.clone(), p.types.clone()));
+        if let Some((query, types)) = stale {
+            encode::close_statement(out, statement);
+            entries.push(Entry {
+                request: Request::Close,
+                respond: Respond::Swallow,
+            });
+            let (respond, shape) = self.write_parse(statement, &query, &types, out, true);
+            entries.push(Entry {
+                request: Request::Parse,
+                respond,
+            });
+            if let Some(p) = self.statements.get_mut(statement) {
+                p.shape = shape;
+                p.fingerprint = fingerprint;
+            }
+        }
+        let shape = self
+            .statements
+            .get(statement)
+            .map_or(Shape::Same, |p| p.shape);
+        self.portals.insert(portal.to_vec(), shape);
+        out.extend_from_slice(frame);
+        entries.push(Entry::forward(Request::Bind));
+        Ok(())
+    }
+
+    pub fn on_describe(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
+        let (kind, name) = messages::target(frame)?;
+        let shape = match kind {
+            b'S' => self.statements.get(name).map(|p| p.shape),
+            _ => self.portals.get(name).copied(),
+        };
+        out.extend_from_slice(frame);
+        Ok(single(Request::Describe, shape))
+    }
+
+    pub fn on_execute(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
+        let portal = messages::execute_portal(frame)?;
+        let shape = self.portals.get(portal).copied();
+        out.extend_from_slice(frame);
+        Ok(single(Request::Execute, shape))
+    }
+
+    pub fn on_close(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
+        let (kind, name) = messages::target(frame)?;
+        match kind {
+            b'S' => self.statements.remove(name),
+            _ => {
+                self.portals.remove(name);
+                None
+            }
+        };
+        out.extend_from_slice(frame);
+        Ok(Entry::forward(Request::Close))
+    }
+}
+
+fn single(request: Request, shape: Option<Shape>) -> Entry {
+    let respond = match shape {
+        Some(shape @ Shape::Dml { .. }) => Respond::Single(shape),
+        _ => Respond::Forward,
+    };
+    Entry { request, respond }
+}
+
+/// The ErrorResponse a client gets for a refused statement.
+fn refused(refusal: &rewrite::Refusal) -> Bytes {
+    ClientError {
+        severity: crate::error::Severity::Error,
+        code: SqlState::FEATURE_NOT_SUPPORTED,
+        message: format!(
+            "pgshift cannot rewrite this statement for migration \"{}\": {}",
+            refusal.migration, refusal.reason
+        ),
+        hint: Some(format!(
+            "Nothing was executed. Change the statement, or set writes = \"off\" for migration \"{}\".",
+            refusal.migration
+        )),
+    }
+    .to_bytes()
+}
+
+fn record(plan: &Plan) {
+    if let Plan::Refuse(r) = plan {
+        metrics::counter!(STATEMENTS_REFUSED, "migration" => r.migration.clone()).increment(1);
+        tracing::info!(migration = %r.migration, reason = %r.reason, "statement refused");
+    }
+    for action in plan.actions() {
+        let migration = action.migration.clone();
+        match action.what {
+            "read_new" => {
+                metrics::counter!(READS, "migration" => migration, "route" => "new").increment(1)
+            }
+            "read_old" => {
+                metrics::counter!(READS, "migration" => migration, "route" => "old").increment(1)
+            }
+            "read_unrewritable" => {
+                metrics::counter!(READS, "migration" => migration, "route" => "old_unrewritable")
+                    .increment(1)
+            }
+            what => {
+                metrics::counter!(STATEMENTS_REWRITTEN, "migration" => migration, "kind" => what)
+                    .increment(1)
+            }
+        }
+    }
+}
+
+/// `name = value` pairs of SET / RESET statements naming `pgshift.*` settings (value `None` for RESET).
+fn parse_settings(sql: &str) -> Vec<(String, Option<String>)> {
+    use sqlparser::ast::{Expr, Set, Statement, Value};
+    let Ok(statements) =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for s in statements {
+        if let Statement::Set(Set::SingleAssignment {
+            variable, values, ..
+        }) = s
+        {
+            let name = variable.to_string().to_lowercase();
+            let value = match values.first() {
+                Some(Expr::Value(v)) => match &v.value {
+                    Value::SingleQuotedString(s) => Some(s.clone()),
+                    Value::Number(n, _) => Some(n.to_string()),
+                    _ => None,
+                },
+                Some(Expr::Identifier(i)) if i.value.eq_ignore_ascii_case("default") => None,
+                Some(Expr::Identifier(i)) => Some(i.value.clone()),
+                _ => None,
+            };
+            out.push((name, value));
+        }
+    }
+    out
+}
+
+/// `pgshift.key` / `pgshift.context` given in the startup `options` (`-c pgshift.key=x` or `--pgshift.key=x`).
+pub fn settings_from_options(options: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut words = options.split_whitespace();
+    while let Some(word) = words.next() {
+        let setting = match word {
+            "-c" => words.next(),
+            w => w.strip_prefix("-c").or_else(|| w.strip_prefix("--")),
+        };
+        if let Some((name, value)) = setting.and_then(|s| s.split_once('=')) {
+            out.push((name.to_lowercase().replace('-', "_"), value.to_owned()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_read_from_set_and_options() {
+        assert_eq!(
+            parse_settings("SET pgshift.key = 'tenant-7'; SET search_path = x; SET pgshift.context TO internal"),
+            vec![
+                ("pgshift.key".to_owned(), Some("tenant-7".to_owned())),
+                ("search_path".to_owned(), Some("x".to_owned())),
+                ("pgshift.context".to_owned(), Some("internal".to_owned())),
+            ]
+        );
+        assert_eq!(
+            settings_from_options(
+                "-c pgshift.key=abc --pgshift.context=internal -csearch_path=public"
+            ),
+            vec![
+                ("pgshift.key".to_owned(), "abc".to_owned()),
+                ("pgshift.context".to_owned(), "internal".to_owned()),
+                ("search_path".to_owned(), "public".to_owned()),
+            ]
+        );
+    }
+}

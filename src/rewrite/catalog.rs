@@ -1,0 +1,111 @@
+//! The catalog lookup a session runs on its own upstream connection: the columns of every migrated table
+//! (old and new, in attnum order) and what each migrated table's bare name resolves to under the session's
+//! search_path. pgshift has no credentials of its own, so it asks through the client's session, with the
+//! client's privileges and search_path.
+
+use super::sqltext::quote_literal;
+use super::Schema;
+use crate::config::migration::{Migration, TableName};
+
+/// The query, or `None` if there is nothing to look up.
+pub fn query(migrations: &[&Migration]) -> Option<String> {
+    let mut tables: Vec<&TableName> = Vec::new();
+    for m in migrations {
+        tables.push(&m.table);
+        tables.extend(m.new_table.as_ref());
+    }
+    if tables.is_empty() {
+        return None;
+    }
+    let pairs: Vec<String> = tables
+        .iter()
+        .map(|t| format!("({}, {})", quote_literal(&t.schema), quote_literal(&t.name)))
+        .collect();
+    let mut names: Vec<String> = migrations
+        .iter()
+        .map(|m| quote_literal(&m.table.name))
+        .collect();
+    names.dedup();
+    let names: Vec<String> = names.into_iter().map(|n| format!("({n})")).collect();
+    Some(format!(
+        "SELECT kind, a, b, c FROM (\
+         SELECT 'c' AS kind, n.nspname::text AS a, c.relname::text AS b, a.attname::text AS c, a.attnum::int AS pos \
+         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname::text, c.relname::text) IN (VALUES {}) \
+         UNION ALL \
+         SELECT 'r', v.name, n.nspname::text, NULL, 0 FROM (VALUES {}) AS v(name) \
+         JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(v.name)) \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\
+         ) AS pgshift_catalog ORDER BY kind, a, b, pos",
+        pairs.join(", "),
+        names.join(", ")
+    ))
+}
+
+/// Builds the schema from the query's rows (text format).
+pub fn parse(rows: &[Vec<Option<String>>]) -> Schema {
+    let mut schema = Schema::default();
+    for row in rows {
+        let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        match field(0).as_str() {
+            "c" => schema
+                .columns
+                .entry(TableName {
+                    schema: field(1),
+                    name: field(2),
+                })
+                .or_default()
+                .push(field(3)),
+            "r" => {
+                schema.unqualified.insert(
+                    field(1),
+                    TableName {
+                        schema: field(2),
+                        name: field(1),
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    schema
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::migration::WriteMode;
+    use crate::rewrite::tests::users_migration;
+
+    #[test]
+    fn builds_the_schema() {
+        let m = users_migration(WriteMode::DualWrite);
+        let sql = query(&[&m]).unwrap();
+        assert!(
+            sql.contains("IN (VALUES ('public', 'users'), ('v2', 'users'))"),
+            "{sql}"
+        );
+        assert!(sql.contains("FROM (VALUES ('users')) AS v(name)"), "{sql}");
+        let row = |k: &str, a: &str, b: &str, c: Option<&str>| {
+            vec![
+                Some(k.to_owned()),
+                Some(a.to_owned()),
+                Some(b.to_owned()),
+                c.map(str::to_owned),
+            ]
+        };
+        let schema = parse(&[
+            row("c", "public", "users", Some("id")),
+            row("c", "public", "users", Some("fullname")),
+            row("r", "users", "public", None),
+        ]);
+        let t = TableName {
+            schema: "public".into(),
+            name: "users".into(),
+        };
+        assert_eq!(schema.columns[&t], vec!["id", "fullname"]);
+        assert_eq!(schema.unqualified["users"], t);
+        assert_eq!(query(&[]), None);
+    }
+}
