@@ -175,9 +175,15 @@ impl Statements {
         plan
     }
 
-    /// `SET pgshift.key = …` / `SET pgshift.context = …` change the routing facts from the next transaction.
+    /// `SET pgshift.key = …` / `SET pgshift.context = …` change the routing facts from the next transaction;
+    /// anything that may change the search_path (SET, RESET, DISCARD, set_config) makes unqualified names
+    /// resolve differently, so the catalog is read again at the next transaction boundary.
     fn observe_settings(&mut self, sql: &str) {
-        if !sql.to_ascii_lowercase().contains("pgshift.") {
+        let lower = sql.to_ascii_lowercase();
+        if lower.contains("search_path") || lower.contains("discard") || lower.contains("reset") {
+            self.schema_generation = None;
+        }
+        if !lower.contains("pgshift.") {
             return;
         }
         for (name, value) in parse_settings(sql) {

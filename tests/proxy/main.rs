@@ -7,6 +7,7 @@ mod auth;
 mod clients;
 mod drivers;
 mod lifecycle;
+mod migrations;
 mod raw;
 mod reload;
 mod tls;

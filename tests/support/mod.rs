@@ -161,6 +161,8 @@ pub struct ProxyOptions {
     pub client_tls: Option<&'static str>,
     pub max_connections: usize,
     pub drain: &'static str,
+    /// `[[migration]]` entries appended to the file.
+    pub migrations: String,
 }
 
 impl Default for ProxyOptions {
@@ -171,6 +173,7 @@ impl Default for ProxyOptions {
             client_tls: None,
             max_connections: 1000,
             drain: "30s",
+            migrations: String::new(),
         }
     }
 }
@@ -189,8 +192,8 @@ impl ProxyOptions {
         format!(
             "[listen]\naddr = \"127.0.0.1:0\"\nmax_connections = {}\n{client_tls}\
              [upstream]\naddr = {:?}\n[upstream.tls]\n{}\n\
-             [metrics]\naddr = \"127.0.0.1:0\"\n[timeouts]\ndrain = {:?}\nconnect = \"2s\"\n",
-            self.max_connections, self.upstream, self.upstream_tls, self.drain
+             [metrics]\naddr = \"127.0.0.1:0\"\n[timeouts]\ndrain = {:?}\nconnect = \"2s\"\n{}",
+            self.max_connections, self.upstream, self.upstream_tls, self.drain, self.migrations
         )
     }
 
@@ -208,6 +211,9 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub control: Controller,
+    pub config: std::sync::Arc<pgshift::config::reload::ConfigHandle>,
+    options: ProxyOptions,
+    dir: tempfile::TempDir,
     task: JoinHandle<()>,
 }
 
@@ -218,6 +224,21 @@ impl Proxy {
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// Rewrites the config file with other migrations and reloads it (as SIGHUP does); panics if refused.
+    pub fn reload_migrations(&self, migrations: &str) {
+        let options = ProxyOptions {
+            migrations: migrations.to_owned(),
+            ..self.options.clone()
+        };
+        std::fs::write(self.dir.path().join("pgshift.toml"), options.toml()).unwrap();
+        let report = self.config.reload(pgshift::config::reload::Trigger::Sighup);
+        assert!(
+            report.result != "invalid",
+            "reload refused: {:?}",
+            report.error
+        );
     }
 
     /// Drains and requires every session to reach an idle point at once. pgshift closes a draining session
@@ -238,15 +259,22 @@ impl Proxy {
     }
 }
 
+/// Starts pgshift in-process from a config file in a temp dir (so tests can edit and reload it).
 pub async fn start_proxy(options: ProxyOptions) -> Proxy {
-    let running = server::start(options.config())
-        .await
-        .expect("pgshift starts");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgshift.toml");
+    std::fs::write(&path, options.toml()).unwrap();
+    let config =
+        Config::load(&path, &Overrides::default()).unwrap_or_else(|e| panic!("test config: {e}"));
+    let handle =
+        pgshift::config::reload::ConfigHandle::new(config, Some((path, Overrides::default())));
+    let running = server::start_with(handle).await.expect("pgshift starts");
     let (addr, metrics_addr, control) = (
         running.addr,
         running.metrics_addr.unwrap(),
         running.controller(),
     );
+    let config = running.config.clone();
     let task = tokio::spawn(async move {
         running.wait().await.unwrap();
     });
@@ -254,6 +282,9 @@ pub async fn start_proxy(options: ProxyOptions) -> Proxy {
         addr,
         metrics_addr,
         control,
+        config,
+        options,
+        dir,
         task,
     }
 }
