@@ -3,6 +3,8 @@
 use clap::{Parser, Subcommand};
 use pgshift::config::reload::{ConfigHandle, Trigger};
 use pgshift::config::{Config, Overrides};
+use pgshift::rewrite::{Plan, Shape};
+use pgshift::routing::Route;
 use pgshift::server;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,10 +31,27 @@ enum Cmd {
         #[command(flatten)]
         overrides: OverrideArgs,
     },
-    /// Validate a config file and print what it sets; exits non-zero if it is invalid.
+    /// Validate a config file and print what it sets; exits non-zero if it is invalid. With --dsn, also check
+    /// every migration against the live catalog (tables, columns, keys, that up/down expressions plan).
     Check {
         #[arg(short, long)]
         config: PathBuf,
+        /// A connection string for checking the catalog, e.g. postgres://user@host/db
+        #[arg(long)]
+        dsn: Option<String>,
+    },
+    /// Show what pgshift would send upstream for a statement, on each read route, or why it refuses it.
+    Rewrite {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this route (default: both).
+        #[arg(long, value_parser = ["old", "new"])]
+        route: Option<String>,
+        /// Read the tables' columns from this database (needed for most rewrites).
+        #[arg(long)]
+        dsn: Option<String>,
+        /// The SQL, as the application sends it.
+        sql: String,
     },
     /// Start a throwaway PostgreSQL cluster with pgshift in front of it, until Ctrl-C.
     Demo {
@@ -92,7 +111,47 @@ async fn run(command: Cmd) -> Result<(), String> {
             let source = config_path.map(|p| (p, overrides));
             serve(ConfigHandle::new(config, source)).await
         }
-        Cmd::Check { config } => {
+        Cmd::Rewrite { config, route, dsn, sql } => {
+            let config = Config::load(&config, &Overrides::default()).map_err(|e| e.to_string())?;
+            let schema = match &dsn {
+                Some(dsn) => {
+                    let client = pgshift::admin::connect(dsn).await?;
+                    let migrations: Vec<_> = config.migrations.iter().collect();
+                    pgshift::admin::schema(&client, &migrations).await?
+                }
+                None => Default::default(),
+            };
+            let routes = match route.as_deref() {
+                Some("new") => vec![Route::New],
+                Some(_) => vec![Route::Old],
+                None => vec![Route::Old, Route::New],
+            };
+            for route in routes {
+                println!("-- reads routed to {}:", if route == Route::New { "new" } else { "old" });
+                match pgshift::admin::rewrite(&sql, &config, &schema, route) {
+                    Plan::Forward { .. } => println!("{sql}
+-- (sent unchanged)"),
+                    Plan::Rewrite { sql, shapes, .. } => {
+                        println!("{sql}");
+                        for (i, shape) in shapes.iter().enumerate() {
+                            if let Shape::Dml { tag, returning } = shape {
+                                let rows = if *returning { "RETURNING rows kept" } else { "its zero-column rows dropped" };
+                                println!("-- statement {}: reply tag becomes {tag:?}, {rows}", i + 1);
+                            }
+                        }
+                    }
+                    Plan::Refuse(r) => println!(
+                        "-- refused with SQLSTATE 0A000: pgshift cannot rewrite this statement for migration \"{}\": {}",
+                        r.migration, r.reason
+                    ),
+                }
+            }
+            if dsn.is_none() && !config.migrations.is_empty() {
+                eprintln!("note: without --dsn pgshift does not know the tables' columns, which most rewrites need");
+            }
+            Ok(())
+        }
+        Cmd::Check { config, dsn } => {
             let config = Config::load(&config, &Overrides::default()).map_err(|e| e.to_string())?;
             println!("config is valid (epoch {})", config.epoch);
             println!("  listen:   {}", config.listen_addr);
@@ -119,6 +178,18 @@ async fn run(command: Cmd) -> Result<(), String> {
                     f64::from(m.reads.new_bp) / 100.0,
                     m.reads.rules.len()
                 );
+            }
+            if let Some(dsn) = dsn {
+                let client = pgshift::admin::connect(&dsn).await?;
+                let problems = pgshift::admin::check(&client, &config).await?;
+                if !problems.is_empty() {
+                    return Err(format!(
+                        "the live catalog does not match {} migration(s):\n  - {}",
+                        config.migrations.len(),
+                        problems.join("\n  - ")
+                    ));
+                }
+                println!("live catalog: every migration checks out");
             }
             Ok(())
         }
