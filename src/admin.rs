@@ -24,7 +24,9 @@ pub async fn schema(client: &Client, migrations: &[&Migration]) -> Result<Schema
     let rows: Vec<Vec<Option<String>>> = rows
         .into_iter()
         .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+            SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+            }
             _ => None,
         })
         .collect();
@@ -57,24 +59,41 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, Stri
         };
         for key in &m.key {
             if !old_cols.contains(key) {
-                mine.push(about(format!("key column {key} does not exist in {}", m.table)));
+                mine.push(about(format!(
+                    "key column {key} does not exist in {}",
+                    m.table
+                )));
             }
         }
         for c in &m.columns {
             if !old_cols.contains(&c.old.to_lowercase()) {
-                mine.push(about(format!("column {} does not exist in {}", c.old, m.table)));
+                mine.push(about(format!(
+                    "column {} does not exist in {}",
+                    c.old, m.table
+                )));
             }
             if !new_cols.contains(&c.new.to_lowercase()) {
-                mine.push(about(format!("column {} does not exist in the new schema", c.new)));
+                mine.push(about(format!(
+                    "column {} does not exist in the new schema",
+                    c.new
+                )));
             }
         }
         // The expressions must be valid for the column types: let Postgres plan them, reading no rows.
-        let old_table = format!("{}.{}", rewrite::sqltext::quote_ident(&m.table.schema), rewrite::sqltext::quote_ident(&m.table.name));
+        let old_table = format!(
+            "{}.{}",
+            rewrite::sqltext::quote_ident(&m.table.schema),
+            rewrite::sqltext::quote_ident(&m.table.name)
+        );
         for c in &m.columns {
             if let Some(up) = &c.up {
                 let sql = format!("EXPLAIN SELECT {up} FROM {old_table}");
                 if let Err(e) = client.simple_query(&sql).await {
-                    mine.push(about(format!("up = {up:?} is not valid over {}: {}", m.table, db_message(&e))));
+                    mine.push(about(format!(
+                        "up = {up:?} is not valid over {}: {}",
+                        m.table,
+                        db_message(&e)
+                    )));
                 }
             }
         }
@@ -82,7 +101,10 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, Stri
             match read_route::derived_select(m, &schema) {
                 Ok(select) => {
                     if let Err(e) = client.simple_query(&format!("EXPLAIN {select}")).await {
-                        mine.push(about(format!("reads from the new schema would fail: {}", db_message(&e))));
+                        mine.push(about(format!(
+                            "reads from the new schema would fail: {}",
+                            db_message(&e)
+                        )));
                     }
                 }
                 Err(e) => mine.push(about(format!("reads cannot be routed to new: {e}"))),
@@ -94,7 +116,9 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, Stri
 }
 
 fn db_message(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_else(|| e.to_string())
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
 }
 
 /// What pgshift would send for `sql` when every migration routes reads to `route`.
@@ -102,7 +126,16 @@ pub fn rewrite(sql: &str, config: &Config, schema: &Schema, route: Route) -> Pla
     let targets: Vec<Target<'_>> = config
         .migrations
         .iter()
-        .map(|m| Target { migration: m, route })
+        .map(|m| Target {
+            migration: m,
+            route,
+        })
         .collect();
-    rewrite::plan(sql, &Context { targets: &targets, schema })
+    rewrite::plan(
+        sql,
+        &Context {
+            targets: &targets,
+            schema,
+        },
+    )
 }

@@ -111,7 +111,12 @@ async fn run(command: Cmd) -> Result<(), String> {
             let source = config_path.map(|p| (p, overrides));
             serve(ConfigHandle::new(config, source)).await
         }
-        Cmd::Rewrite { config, route, dsn, sql } => {
+        Cmd::Rewrite {
+            config,
+            route,
+            dsn,
+            sql,
+        } => {
             let config = Config::load(&config, &Overrides::default()).map_err(|e| e.to_string())?;
             let schema = match &dsn {
                 Some(dsn) => {
@@ -127,7 +132,10 @@ async fn run(command: Cmd) -> Result<(), String> {
                 None => vec![Route::Old, Route::New],
             };
             for route in routes {
-                println!("-- reads routed to {}:", if route == Route::New { "new" } else { "old" });
+                println!(
+                    "-- reads routed to {}:",
+                    if route == Route::New { "new" } else { "old" }
+                );
                 match pgshift::admin::rewrite(&sql, &config, &schema, route) {
                     Plan::Forward { .. } => println!("{sql}
 -- (sent unchanged)"),

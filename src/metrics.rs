@@ -32,6 +32,7 @@ pub const CONFIG_RELOADS: &str = "pgshift_config_reloads_total";
 pub const STATEMENTS_REWRITTEN: &str = "pgshift_statements_rewritten_total";
 pub const STATEMENTS_REFUSED: &str = "pgshift_statements_refused_total";
 pub const READS: &str = "pgshift_reads_total";
+pub const STATEMENT_DURATION: &str = "pgshift_statement_duration_seconds";
 
 /// Client message kinds counted in [`MESSAGES`], by frontend tag.
 const MESSAGE_KINDS: [(u8, &str); 11] = [
@@ -73,6 +74,14 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Full(SESSION_DURATION.to_owned()),
                     &[0.01, 0.1, 1.0, 10.0, 60.0, 600.0, 3600.0, 86400.0],
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(STATEMENT_DURATION.to_owned()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        10.0,
+                    ],
                 )
                 .expect("bucket list is not empty")
                 .build_recorder();

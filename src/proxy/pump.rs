@@ -6,7 +6,7 @@
 use super::pending::{Matched, Pending, Request};
 use super::respond::{self, Output, Respond};
 use super::session::SessionError;
-use super::statements::{Entry, Statements};
+use super::statements::{Entry, Statements, Timing};
 use super::Phase;
 use crate::metrics;
 use crate::protocol::frame::{Flow, FrameError, Scanner, Seen};
@@ -307,6 +307,7 @@ impl<'s> ClientPump<'s> {
                 error: None,
                 done: Some(done),
             },
+            timing: None,
         });
         self.writing = true;
         upstream
@@ -328,7 +329,7 @@ pub struct UpstreamPump<'s> {
     buf: BytesMut,
     scanner: Scanner,
     expected: mpsc::UnboundedReceiver<Entry>,
-    pending: Pending<Respond>,
+    pending: Pending<(Respond, Option<Timing>)>,
     state: &'s SessionState,
     out: BytesMut,
     writing: bool,
@@ -370,7 +371,8 @@ impl<'s> UpstreamPump<'s> {
     fn take_expected(&mut self) {
         while let Ok(entry) = self.expected.try_recv() {
             self.state.in_channel.fetch_sub(1, Ordering::AcqRel);
-            self.pending.push(entry.request, entry.respond);
+            self.pending
+                .push(entry.request, (entry.respond, entry.timing));
         }
         self.state
             .queue_idle
@@ -413,7 +415,7 @@ impl<'s> UpstreamPump<'s> {
             }
             handles.bytes_from_upstream.increment(n as u64);
             self.take_expected();
-            let shaping = self.pending.any(Respond::is_special);
+            let shaping = self.pending.any(|(respond, _)| respond.is_special());
             let (pending, state) = (&mut self.pending, self.state);
             let mut edits: Vec<(usize, usize, Option<Bytes>)> = Vec::new();
             let (len, _) = self
@@ -435,11 +437,24 @@ impl<'s> UpstreamPump<'s> {
                                     }
                                     _ => {}
                                 }
-                                if let Some((request, respond)) = pending.front_mut() {
+                                if let Some((request, (respond, timing))) = pending.front_mut() {
                                     match respond::shape(respond, request, tag, frame) {
                                         Output::Forward => {}
                                         Output::Drop => edits.push((at, frame.len(), None)),
                                         Output::Replace(bytes) => edits.push((at, frame.len(), Some(bytes))),
+                                    }
+                                    let completes = match request {
+                                        Request::Query => tag == b'Z',
+                                        Request::Execute => matches!(tag, b'C' | b'I' | b's' | b'E'),
+                                        _ => false,
+                                    };
+                                    if let Some(t) = timing.take_if(|_| completes) {
+                                        ::metrics::histogram!(
+                                            metrics::STATEMENT_DURATION,
+                                            "migration" => t.label.migration,
+                                            "route" => t.label.route
+                                        )
+                                        .record(t.started.elapsed().as_secs_f64());
                                     }
                                 }
                                 tag

@@ -20,10 +20,11 @@ use std::sync::Arc;
 /// state is exactly that of a failed statement; pgshift replaces the syntax error with its own.
 const REFUSED_SQL: &str = "pgshift refused this statement";
 
-/// One FIFO entry: a request and how to answer it.
+/// One FIFO entry: a request, how to answer it, and (for statements on migrated tables) what to time.
 pub struct Entry {
     pub request: Request,
     pub respond: Respond,
+    pub timing: Option<Timing>,
 }
 
 impl Entry {
@@ -31,8 +32,46 @@ impl Entry {
         Entry {
             request,
             respond: Respond::Forward,
+            timing: None,
         }
     }
+}
+
+/// Which migration and route a statement's latency is recorded under.
+#[derive(Debug, Clone)]
+pub struct Label {
+    pub migration: String,
+    /// `new`, `old` (reads) or `dual_write`.
+    pub route: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Timing {
+    pub label: Label,
+    pub started: std::time::Instant,
+}
+
+impl Timing {
+    fn start(label: Option<Label>) -> Option<Timing> {
+        label.map(|label| Timing {
+            label,
+            started: std::time::Instant::now(),
+        })
+    }
+}
+
+/// The latency label of a plan: the first migration it touched, and how.
+fn label_of(plan: &Plan) -> Option<Label> {
+    let action = plan.actions().first()?;
+    let route = match action.what {
+        "read_new" => "new",
+        "dual_write" => "dual_write",
+        _ => "old",
+    };
+    Some(Label {
+        migration: action.migration.clone(),
+        route,
+    })
 }
 
 struct Prepared {
@@ -40,6 +79,7 @@ struct Prepared {
     query: String,
     types: Bytes,
     shape: Shape,
+    label: Option<Label>,
     fingerprint: u64,
 }
 
@@ -56,7 +96,7 @@ pub struct Statements {
     /// Changes whenever plans may change: config, catalog, routes.
     fingerprint: u64,
     statements: HashMap<Vec<u8>, Prepared>,
-    portals: HashMap<Vec<u8>, Shape>,
+    portals: HashMap<Vec<u8>, (Shape, Option<Label>)>,
 }
 
 impl Statements {
@@ -199,7 +239,9 @@ impl Statements {
     pub fn on_query(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let sql = String::from_utf8_lossy(messages::query_text(frame)?).into_owned();
         self.observe_settings(&sql);
-        let respond = match self.plan(&sql) {
+        let plan = self.plan(&sql);
+        let timing = Timing::start(label_of(&plan));
+        let respond = match plan {
             Plan::Forward { .. } => {
                 out.extend_from_slice(frame);
                 Respond::Forward
@@ -219,6 +261,7 @@ impl Statements {
         Ok(Entry {
             request: Request::Query,
             respond,
+            timing,
         })
     }
 
@@ -227,19 +270,21 @@ impl Statements {
         let messages::ParseParts { name, query, types } = messages::parse_message(frame)?;
         let sql = String::from_utf8_lossy(query).into_owned();
         self.observe_settings(&sql);
-        let (respond, shape) = self.write_parse(name, &sql, types, out, false);
+        let (respond, shape, label) = self.write_parse(name, &sql, types, out, false);
         self.statements.insert(
             name.to_vec(),
             Prepared {
                 query: sql,
                 types: Bytes::copy_from_slice(types),
                 shape,
+                label,
                 fingerprint: self.fingerprint,
             },
         );
         Ok(Entry {
             request: Request::Parse,
             respond,
+            timing: None,
         })
     }
 
@@ -250,34 +295,26 @@ impl Statements {
         types: &[u8],
         out: &mut BytesMut,
         injected: bool,
-    ) -> (Respond, Shape) {
-        match self.plan(sql) {
+    ) -> (Respond, Shape, Option<Label>) {
+        let plan = self.plan(sql);
+        let label = label_of(&plan);
+        let ok = if injected {
+            Respond::Swallow
+        } else {
+            Respond::Forward
+        };
+        match plan {
             Plan::Forward { .. } => {
                 encode::parse(out, name, sql, types);
-                (
-                    if injected {
-                        Respond::Swallow
-                    } else {
-                        Respond::Forward
-                    },
-                    Shape::Same,
-                )
+                (ok, Shape::Same, label)
             }
             Plan::Rewrite { sql, shapes, .. } => {
                 encode::parse(out, name, &sql, types);
-                let shape = shapes.first().copied().unwrap_or(Shape::Same);
-                (
-                    if injected {
-                        Respond::Swallow
-                    } else {
-                        Respond::Forward
-                    },
-                    shape,
-                )
+                (ok, shapes.first().copied().unwrap_or(Shape::Same), label)
             }
             Plan::Refuse(refusal) => {
                 encode::parse(out, name, REFUSED_SQL, types);
-                (Respond::ReplaceError(refused(&refusal)), Shape::Same)
+                (Respond::ReplaceError(refused(&refusal)), Shape::Same, None)
             }
         }
     }
@@ -302,22 +339,25 @@ impl Statements {
             entries.push(Entry {
                 request: Request::Close,
                 respond: Respond::Swallow,
+                timing: None,
             });
-            let (respond, shape) = self.write_parse(statement, &query, &types, out, true);
+            let (respond, shape, label) = self.write_parse(statement, &query, &types, out, true);
             entries.push(Entry {
                 request: Request::Parse,
                 respond,
+                timing: None,
             });
             if let Some(p) = self.statements.get_mut(statement) {
                 p.shape = shape;
+                p.label = label;
                 p.fingerprint = fingerprint;
             }
         }
-        let shape = self
+        let portal_info = self
             .statements
             .get(statement)
-            .map_or(Shape::Same, |p| p.shape);
-        self.portals.insert(portal.to_vec(), shape);
+            .map_or((Shape::Same, None), |p| (p.shape, p.label.clone()));
+        self.portals.insert(portal.to_vec(), portal_info);
         out.extend_from_slice(frame);
         entries.push(Entry::forward(Request::Bind));
         Ok(())
@@ -327,17 +367,20 @@ impl Statements {
         let (kind, name) = messages::target(frame)?;
         let shape = match kind {
             b'S' => self.statements.get(name).map(|p| p.shape),
-            _ => self.portals.get(name).copied(),
+            _ => self.portals.get(name).map(|(shape, _)| *shape),
         };
         out.extend_from_slice(frame);
-        Ok(single(Request::Describe, shape))
+        Ok(single(Request::Describe, shape, None))
     }
 
     pub fn on_execute(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let portal = messages::execute_portal(frame)?;
-        let shape = self.portals.get(portal).copied();
+        let (shape, label) = match self.portals.get(portal) {
+            Some((shape, label)) => (Some(*shape), label.clone()),
+            None => (None, None),
+        };
         out.extend_from_slice(frame);
-        Ok(single(Request::Execute, shape))
+        Ok(single(Request::Execute, shape, label))
     }
 
     pub fn on_close(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
@@ -354,12 +397,16 @@ impl Statements {
     }
 }
 
-fn single(request: Request, shape: Option<Shape>) -> Entry {
+fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry {
     let respond = match shape {
         Some(shape @ Shape::Dml { .. }) => Respond::Single(shape),
         _ => Respond::Forward,
     };
-    Entry { request, respond }
+    Entry {
+        request,
+        respond,
+        timing: Timing::start(label),
+    }
 }
 
 /// The ErrorResponse a client gets for a refused statement.

@@ -21,20 +21,31 @@ fn config(dir: &std::path::Path, columns: &str) -> std::path::PathBuf {
 }
 
 async fn pgshift(args: &[&str]) -> (bool, String, String) {
-    run(Command::new(env!("CARGO_BIN_EXE_pgshift")).args(args).kill_on_drop(true)).await
+    run(Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(args)
+        .kill_on_drop(true))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_with_dsn_verifies_the_live_catalog() {
     let db = fresh_db("t_cli_check").await;
-    connect(&cluster().url(&db)).await.batch_execute(SCHEMA).await.unwrap();
+    connect(&cluster().url(&db))
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dsn = cluster().url(&db);
 
     let good = config(dir.path(), r#"{ old = "fullname", new = "display_name" }"#);
-    let (ok, out, err) = pgshift(&["check", "--config", good.to_str().unwrap(), "--dsn", &dsn]).await;
+    let (ok, out, err) =
+        pgshift(&["check", "--config", good.to_str().unwrap(), "--dsn", &dsn]).await;
     assert!(ok, "{err}");
-    assert!(out.contains("live catalog: every migration checks out"), "{out}");
+    assert!(
+        out.contains("live catalog: every migration checks out"),
+        "{out}"
+    );
 
     let bad = config(
         dir.path(),
@@ -42,35 +53,73 @@ async fn check_with_dsn_verifies_the_live_catalog() {
     );
     let (ok, _, err) = pgshift(&["check", "--config", bad.to_str().unwrap(), "--dsn", &dsn]).await;
     assert!(!ok);
-    assert!(err.contains("migration \"users_v2\": column nickname does not exist in the new schema"), "{err}");
+    assert!(
+        err.contains("migration \"users_v2\": column nickname does not exist in the new schema"),
+        "{err}"
+    );
     assert!(err.contains("up = \"email + 1\" is not valid over public.users: operator does not exist: text + integer"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_shows_what_would_be_sent() {
     let db = fresh_db("t_cli_rewrite").await;
-    connect(&cluster().url(&db)).await.batch_execute(SCHEMA).await.unwrap();
+    connect(&cluster().url(&db))
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = config(dir.path(), r#"{ old = "fullname", new = "display_name" }"#);
     let path = path.to_str().unwrap();
     let dsn = cluster().url(&db);
 
-    let (ok, out, err) = pgshift(&["rewrite", "--config", path, "--dsn", &dsn, "INSERT INTO users (fullname) VALUES ($1)"]).await;
+    let (ok, out, err) = pgshift(&[
+        "rewrite",
+        "--config",
+        path,
+        "--dsn",
+        &dsn,
+        "INSERT INTO users (fullname) VALUES ($1)",
+    ])
+    .await;
     assert!(ok, "{err}");
     assert!(out.starts_with(
         "-- reads routed to old:\nWITH __pgshift_old AS (INSERT INTO users (fullname) VALUES ($1) RETURNING users.*), \
          __pgshift_new AS (INSERT INTO v2.users (id, display_name, email, created_at) SELECT id, fullname, email, created_at \
          FROM __pgshift_old ON CONFLICT (id) DO UPDATE SET display_name = EXCLUDED.display_name"
     ), "{out}");
-    assert!(out.contains("-- statement 1: reply tag becomes Insert, its zero-column rows dropped"), "{out}");
+    assert!(
+        out.contains("-- statement 1: reply tag becomes Insert, its zero-column rows dropped"),
+        "{out}"
+    );
 
-    let (ok, out, _) = pgshift(&["rewrite", "--config", path, "--dsn", &dsn, "--route", "new", "SELECT * FROM users"]).await;
+    let (ok, out, _) = pgshift(&[
+        "rewrite",
+        "--config",
+        path,
+        "--dsn",
+        &dsn,
+        "--route",
+        "new",
+        "SELECT * FROM users",
+    ])
+    .await;
     assert!(ok);
     assert_eq!(
         out,
         "-- reads routed to new:\nSELECT * FROM (SELECT id, display_name AS fullname, email, created_at FROM v2.users) AS users\n"
     );
-    let (ok, out, _) = pgshift(&["rewrite", "--config", path, "--dsn", &dsn, "--route", "old", "TRUNCATE users"]).await;
+    let (ok, out, _) = pgshift(&[
+        "rewrite",
+        "--config",
+        path,
+        "--dsn",
+        &dsn,
+        "--route",
+        "old",
+        "TRUNCATE users",
+    ])
+    .await;
     assert!(ok);
     assert!(out.contains("-- refused with SQLSTATE 0A000: pgshift cannot rewrite this statement for migration \"users_v2\": TRUNCATE"), "{out}");
 }

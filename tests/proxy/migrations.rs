@@ -422,6 +422,19 @@ async fn reads_routed_to_new_keep_the_old_shape() {
         .get(0);
     assert_eq!(status, "shipped", "computed by down() from the new column");
 
+    let (_, metrics) = crate::support::http_get(proxy.metrics_addr, "/metrics").await;
+    for want in [
+        "pgshift_reads_total{migration=\"users_v2\",route=\"new\"}",
+        "pgshift_reads_total{migration=\"orders_status\",route=\"new\"}",
+        "pgshift_statement_duration_seconds_bucket{migration=\"users_v2\",route=\"new\",le=\"0.001\"}",
+    ] {
+        assert!(
+            metrics.contains(want),
+            "missing {want} in\n{}",
+            metrics.lines().filter(|l| l.contains("statement_duration") || l.contains("reads_total")).collect::<Vec<_>>().join("\n")
+        );
+    }
+
     // 0% is the kill switch: the next transaction reads old again.
     proxy.reload_migrations(&format!(
         "{}{}",
