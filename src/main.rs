@@ -61,6 +61,9 @@ enum Cmd {
         /// Address of the /metrics endpoint.
         #[arg(long, default_value = "127.0.0.1:9187")]
         metrics: String,
+        /// Stop after this long (e.g. "30s") instead of waiting for Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration, hide = true)]
+        run_for: Option<std::time::Duration>,
     },
 }
 
@@ -201,7 +204,11 @@ async fn run(command: Cmd) -> Result<(), String> {
             }
             Ok(())
         }
-        Cmd::Demo { listen, metrics } => pgshift::demo::run(&listen, &metrics)
+        Cmd::Demo {
+            listen,
+            metrics,
+            run_for,
+        } => pgshift::demo::run(&listen, &metrics, run_for)
             .await
             .map_err(|e| e.to_string()),
     }

@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod cli;
 mod clients;
+mod demo;
 mod drivers;
 mod lifecycle;
 mod migrations;
