@@ -93,6 +93,8 @@ pub struct Statements {
     routes: Vec<Route>,
     schema: Schema,
     schema_generation: Option<u64>,
+    /// Hash of everything a plan depends on besides the SQL: config content, routes, catalog.
+    plan_key: u64,
     /// Changes whenever plans may change: config, catalog, routes.
     fingerprint: u64,
     statements: HashMap<Vec<u8>, Prepared>,
@@ -112,6 +114,7 @@ impl Statements {
             routes: Vec::new(),
             schema: Schema::default(),
             schema_generation: None,
+            plan_key: 0,
             fingerprint: 0,
             statements: HashMap::new(),
             portals: HashMap::new(),
@@ -189,6 +192,20 @@ impl Statements {
             .unwrap_or(u64::MAX)
             .wrapping_mul(0x2545_f491_4f6c_dd1d);
         self.fingerprint = h;
+        use std::hash::{Hash, Hasher};
+        let mut key = std::collections::hash_map::DefaultHasher::new();
+        self.config.epoch.hash(&mut key);
+        self.active.hash(&mut key);
+        for r in &self.routes {
+            (*r == Route::New).hash(&mut key);
+        }
+        let mut tables: Vec<_> = self.schema.columns.iter().collect();
+        tables.sort_by_key(|(name, _)| name.to_string());
+        tables.hash(&mut key);
+        let mut names: Vec<_> = self.schema.unqualified.iter().collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        names.hash(&mut key);
+        self.plan_key = key.finish();
     }
 
     fn plan(&self, sql: &str) -> Plan {
@@ -204,15 +221,17 @@ impl Statements {
         if !rewrite::prefilter(sql, &targets) {
             return Plan::Forward { actions: vec![] };
         }
-        let plan = rewrite::plan(
-            sql,
-            &Context {
-                targets: &targets,
-                schema: &self.schema,
-            },
-        );
+        let plan = cache::get_or_plan(self.plan_key, sql, || {
+            rewrite::plan(
+                sql,
+                &Context {
+                    targets: &targets,
+                    schema: &self.schema,
+                },
+            )
+        });
         record(&plan);
-        plan
+        (*plan).clone()
     }
 
     /// `SET pgshift.key = …` / `SET pgshift.context = …` change the routing facts from the next transaction;
@@ -426,9 +445,44 @@ fn refused(refusal: &rewrite::Refusal) -> Bytes {
     .to_bytes()
 }
 
+mod cache {
+    //! Plans shared by all sessions, keyed by everything they depend on: the config's content, the routes, the
+    //! catalog, and the SQL text. Bounded: when full it starts over.
+    use crate::rewrite::Plan;
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+
+    const CAPACITY: usize = 10_000;
+    type Plans = HashMap<(u64, String), Arc<Plan>>;
+    static PLANS: LazyLock<Mutex<Plans>> = LazyLock::new(Default::default);
+
+    pub fn get_or_plan(key: u64, sql: &str, plan: impl FnOnce() -> Plan) -> Arc<Plan> {
+        if let Some(hit) = PLANS
+            .lock()
+            .expect("plan cache lock")
+            .get(&(key, sql.to_owned()))
+        {
+            return hit.clone();
+        }
+        // Planned outside the lock: parsing takes microseconds and other sessions should not wait on it.
+        let planned = Arc::new(plan());
+        let mut plans = PLANS.lock().expect("plan cache lock");
+        if plans.len() >= CAPACITY {
+            plans.clear();
+        }
+        plans.insert((key, sql.to_owned()), planned.clone());
+        planned
+    }
+}
+
 fn record(plan: &Plan) {
     if let Plan::Refuse(r) = plan {
-        metrics::counter!(STATEMENTS_REFUSED, "migration" => r.migration.clone()).increment(1);
+        metrics::counter!(
+            STATEMENTS_REFUSED,
+            "migration" => r.migration.clone(),
+            "reason" => rewrite::reason_code(&r.reason)
+        )
+        .increment(1);
         tracing::info!(migration = %r.migration, reason = %r.reason, "statement refused");
     }
     for action in plan.actions() {

@@ -110,6 +110,28 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
             .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
+/// A short, stable label for a refusal reason (the metric label; the message has the details).
+pub fn reason_code(reason: &str) -> &'static str {
+    const CODES: &[(&str, &str)] = &[
+        ("cannot parse", "parse_error"),
+        ("MERGE", "merge"),
+        ("TRUNCATE", "truncate"),
+        ("COPY", "copy"),
+        ("key column", "key_update"),
+        ("ONLY", "only"),
+        ("data-modifying WITH", "modifying_cte"),
+        ("RETURNING", "returning"),
+        ("DEFAULT", "default_value"),
+        ("evaluated twice", "unrepeatable_value"),
+        ("not known", "columns_unknown"),
+        ("new_primary", "new_primary"),
+    ];
+    CODES
+        .iter()
+        .find(|(needle, _)| reason.contains(needle))
+        .map_or("other", |(_, code)| code)
+}
+
 fn refuse(target: &Target<'_>, reason: impl Into<String>) -> Refusal {
     Refusal {
         migration: target.migration.name.clone(),
@@ -513,6 +535,25 @@ pub(crate) mod tests {
             plan_with("COPY users TO STDOUT", &m, Route::Old),
             Plan::Forward { .. }
         ));
+    }
+
+    #[test]
+    fn refusal_reasons_have_codes() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        for (sql, code) in [
+            (
+                "MERGE INTO users u USING s ON true WHEN MATCHED THEN DELETE",
+                "merge",
+            ),
+            ("UPDATE users SET id = 2", "key_update"),
+            ("UPDATE users SET x = (", "parse_error"),
+        ] {
+            let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
+                panic!("{sql}")
+            };
+            assert_eq!(reason_code(&r.reason), code, "{}", r.reason);
+        }
+        assert_eq!(reason_code("something new"), "other");
     }
 
     #[test]

@@ -49,7 +49,10 @@ async fn demo_tour_shifts_reads_when_the_config_is_edited() {
     loop {
         let line = next(&mut lines).await;
         if line.contains("users_v2: 100% configured") && line.contains(" new / 0 old") {
-            assert!(!line.contains("users_v2: 100% configured, reads 0 new"), "{line}");
+            assert!(
+                !line.contains("users_v2: 100% configured, reads 0 new"),
+                "{line}"
+            );
             assert!(
                 line.contains("orders_status: 0% configured, reads 0 new"),
                 "{line}"
