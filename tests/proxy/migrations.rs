@@ -528,6 +528,7 @@ async fn routing_is_sticky_and_follows_reloads() {
         (220..=280).contains(&on_new),
         "{on_new} of 1000 keys on new at 25%"
     );
+    eprintln!("routing: {on_new} of 1000 keys on new at 25%");
     for (k, new) in &at_25 {
         assert_eq!(
             *new,
@@ -547,6 +548,10 @@ async fn routing_is_sticky_and_follows_reloads() {
     proxy.reload_migrations(&routing_reads(5.0));
     let at_5 = key_routes(&clients, 0..400).await;
     assert!(at_5.iter().any(|(_, new)| *new));
+    eprintln!(
+        "routing: {} of 400 keys on new at 5%",
+        at_5.iter().filter(|(_, n)| *n).count()
+    );
     proxy.reload_migrations(&routing_reads(25.0));
     let again = key_routes(&clients, 0..400).await;
     for ((k, before), (_, after)) in at_5.iter().zip(&again) {
