@@ -4,7 +4,7 @@ pub mod migration;
 pub mod model;
 pub mod reload;
 
-use migration::{Migration, WriteMode};
+use migration::Migration;
 use model::{ClientTlsMode, LogSection, RawConfig, TimeoutsSection, UpstreamTlsMode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -246,22 +246,8 @@ fn validate_migrations(
                 }
             }
         }
-        if let Some(problem) = unsupported_in_this_build(m) {
-            problems.push(problem);
-        }
     }
     migrations
-}
-
-/// Fail closed on what this build cannot do yet: the reverse mirror (new primary, old written from new) is not
-/// built, and silently writing only one side would be wrong.
-fn unsupported_in_this_build(m: &Migration) -> Option<String> {
-    (m.writes == WriteMode::NewPrimary).then(|| {
-        format!(
-            "migration {:?}: writes = \"new_primary\" is not supported by this build yet; use \"dual_write\" or \"off\"",
-            m.name
-        )
-    })
 }
 
 fn parse_socket_addr(key: &str, value: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
@@ -476,24 +462,20 @@ columns = [{ old = "fullname", new = "display_name" }]
     }
 
     #[test]
-    fn new_primary_is_refused_in_this_build() {
-        let text = TWO_MIGRATIONS.replace(
+    fn every_write_phase_is_accepted() {
+        for phase in ["off", "dual_write", "new_primary"] {
+            let text = TWO_MIGRATIONS.replace(
+                "key = [\"id\"]\ncolumns = [{ old = \"fullname\"",
+                &format!("key = [\"id\"]\nwrites = \"{phase}\"\ncolumns = [{{ old = \"fullname\""),
+            );
+            parse(&text).unwrap_or_else(|e| panic!("{phase}: {e}"));
+        }
+        let bad = TWO_MIGRATIONS.replace(
             "key = [\"id\"]\ncolumns = [{ old = \"fullname\"",
-            "key = [\"id\"]\nwrites = \"new_primary\"\ncolumns = [{ old = \"fullname\"",
+            "key = [\"id\"]\nwrites = \"both\"\ncolumns = [{ old = \"fullname\"",
         );
-        let ConfigError::Invalid { problems, .. } = parse(&text).unwrap_err() else {
-            panic!()
-        };
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(
-            problems[0].contains("\"users_v2\": writes = \"new_primary\" is not supported"),
-            "{problems:?}"
-        );
-        let dual = text.replace("new_primary", "dual_write");
-        assert_eq!(
-            parse(&dual).unwrap().migrations[1].writes,
-            WriteMode::DualWrite
-        );
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `both`"), "{err}");
     }
 
     #[test]

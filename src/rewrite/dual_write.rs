@@ -31,10 +31,15 @@ pub fn rewrite(
 ) -> Result<(String, Shape), Refusal> {
     let m = target.migration;
     check_key_not_updated(&statement, m).map_err(|r| refuse(target, r))?;
+    let new_primary = m.writes == crate::config::migration::WriteMode::NewPrimary;
     match m.kind {
+        MigrationKind::Table if new_primary => {
+            super::new_primary::rewrite(statement, with, tag, target, schema)
+        }
         MigrationKind::Table => table_kind(statement, with, tag, target, schema),
         MigrationKind::Column => {
-            let stmt = column_kind(statement, m, schema).map_err(|r| refuse(target, r))?;
+            let stmt =
+                column_kind(statement, m, schema, new_primary).map_err(|r| refuse(target, r))?;
             let text = match with {
                 Some(with) => format!("{with} {stmt}"),
                 None => stmt.to_string(),
@@ -44,11 +49,11 @@ pub fn rewrite(
     }
 }
 
-fn table_text(t: &TableName) -> String {
+pub(super) fn table_text(t: &TableName) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
 }
 
-fn ident(name: &str) -> Ident {
+pub(super) fn ident(name: &str) -> Ident {
     if quote_ident(name).starts_with('"') {
         Ident::with_quote('"', name)
     } else {
@@ -56,14 +61,14 @@ fn ident(name: &str) -> Ident {
     }
 }
 
-fn last_part(name: &ObjectName) -> Option<Ident> {
+pub(super) fn last_part(name: &ObjectName) -> Option<Ident> {
     match name.0.last()? {
         sqlparser::ast::ObjectNamePart::Identifier(i) => Some(i.clone()),
         _ => None,
     }
 }
 
-fn assignment_columns(assignments: &[Assignment]) -> Vec<String> {
+pub(super) fn assignment_columns(assignments: &[Assignment]) -> Vec<String> {
     assignments
         .iter()
         .flat_map(|a| match &a.target {
@@ -96,7 +101,10 @@ fn check_key_not_updated(statement: &Statement, m: &Migration) -> Result<(), Str
     }
 }
 
-fn columns_of<'s>(schema: &'s Schema, table: &TableName) -> Result<&'s Vec<String>, String> {
+pub(super) fn columns_of<'s>(
+    schema: &'s Schema,
+    table: &TableName,
+) -> Result<&'s Vec<String>, String> {
     schema.columns.get(table).ok_or_else(|| {
         format!("the columns of {table} are not known in this session (does the table exist?)")
     })
@@ -129,7 +137,7 @@ fn mirror_columns(m: &Migration, schema: &Schema) -> Result<Vec<(String, String)
     Ok(out)
 }
 
-fn new_key(m: &Migration) -> Vec<String> {
+pub(super) fn new_key(m: &Migration) -> Vec<String> {
     m.key
         .iter()
         .map(|k| {
@@ -143,7 +151,7 @@ fn new_key(m: &Migration) -> Vec<String> {
 }
 
 /// The alias the statement gives the target table, or its bare name.
-fn target_alias(statement: &Statement) -> Option<Ident> {
+pub(super) fn target_alias(statement: &Statement) -> Option<Ident> {
     match statement {
         Statement::Insert(i) => match (&i.table_alias, &i.table) {
             (Some(a), _) => Some(a.alias.clone()),
@@ -169,7 +177,7 @@ fn target_alias(statement: &Statement) -> Option<Ident> {
     }
 }
 
-fn take_returning(statement: &mut Statement) -> Option<Vec<SelectItem>> {
+pub(super) fn take_returning(statement: &mut Statement) -> Option<Vec<SelectItem>> {
     match statement {
         Statement::Insert(i) => i.returning.take(),
         Statement::Update(u) => u.returning.take(),
@@ -325,7 +333,7 @@ fn table_kind(
     ))
 }
 
-fn parse_expr(sql: &str) -> Result<Expr, String> {
+pub(super) fn parse_expr(sql: &str) -> Result<Expr, String> {
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_expr())
@@ -370,7 +378,7 @@ const REPEATABLE_FUNCTIONS: &[&str] = &[
 /// Whether an expression may be written twice (once for old, once inside `up` for new) and still give the
 /// same value: literals, parameters, column references, casts and operators over those, and a few pure
 /// functions. `random()` or `nextval()` would give the two columns different values.
-fn repeatable(expr: &Expr) -> bool {
+pub(super) fn repeatable(expr: &Expr) -> bool {
     let mut ok = true;
     let _ = visit_expressions(expr, |e| {
         match e {
@@ -389,7 +397,7 @@ fn repeatable(expr: &Expr) -> bool {
 }
 
 /// `up` with every column it names replaced by the value this statement writes to that column.
-fn substitute(up: &Expr, values: &HashMap<String, Expr>) -> Expr {
+pub(super) fn substitute(up: &Expr, values: &HashMap<String, Expr>) -> Expr {
     let mut out = up.clone();
     let _ = visit_expressions_mut(&mut out, |e| {
         let name = match e {
@@ -419,10 +427,32 @@ fn ups(m: &Migration) -> Result<Vec<(String, String, Expr)>, String> {
         .collect()
 }
 
+/// For `new_primary`: each old column's value derived back from the new one, `down` over the new column.
+fn downs(m: &Migration) -> Result<HashMap<String, (String, Expr)>, String> {
+    m.columns
+        .iter()
+        .map(|c| {
+            let down = match &c.down {
+                Some(down) => parse_expr(down)?,
+                None => Expr::Identifier(ident(&c.new.to_lowercase())),
+            };
+            Ok((c.old.to_lowercase(), (c.new.to_lowercase(), down)))
+        })
+        .collect()
+}
+
+/// The value stored in `old` when new is primary: `down(up(value))`.
+fn derived_old(downs: &HashMap<String, (String, Expr)>, old: &str, new_value: &Expr) -> Expr {
+    let (new, down) = &downs[old];
+    substitute(down, &HashMap::from([(new.clone(), new_value.clone())]))
+}
+
 /// Adds `new = up(…)` to assignments that write old columns; the values assigned stand in for the columns.
+/// With `downs` (new_primary), the old column then stores `down` of the new value.
 fn extend_assignments(
     assignments: &mut Vec<Assignment>,
     ups: &[(String, String, Expr)],
+    downs: Option<&HashMap<String, (String, Expr)>>,
 ) -> Result<(), String> {
     let assigned = assignment_columns(assignments);
     if assignments
@@ -452,9 +482,20 @@ fn extend_assignments(
                 "the value assigned to {old} ({value}) may change if evaluated twice, so {new} cannot be computed from it"
             ));
         }
+        let new_value = substitute(up, &values);
+        if let Some(downs) = downs {
+            let derived = derived_old(downs, old, &new_value);
+            for a in assignments.iter_mut() {
+                if let AssignmentTarget::ColumnName(n) = &a.target {
+                    if last_part(n).map(|i| fold(&i)).as_deref() == Some(old.as_str()) {
+                        a.value = derived.clone();
+                    }
+                }
+            }
+        }
         assignments.push(Assignment {
             target: AssignmentTarget::ColumnName(ObjectName::from(vec![ident(new)])),
-            value: substitute(up, &values),
+            value: new_value,
         });
     }
     Ok(())
@@ -464,10 +505,12 @@ fn column_kind(
     mut statement: Statement,
     m: &Migration,
     schema: &Schema,
+    new_primary: bool,
 ) -> Result<Statement, String> {
     let ups = ups(m)?;
+    let downs = if new_primary { Some(downs(m)?) } else { None };
     match &mut statement {
-        Statement::Update(u) => extend_assignments(&mut u.assignments, &ups)?,
+        Statement::Update(u) => extend_assignments(&mut u.assignments, &ups, downs.as_ref())?,
         Statement::Delete(_) => {}
         Statement::Insert(insert) => {
             let mut columns: Vec<String> = insert
@@ -477,7 +520,7 @@ fn column_kind(
                 .collect();
             if let Some(OnInsert::OnConflict(oc)) = &mut insert.on {
                 if let OnConflictAction::DoUpdate(du) = &mut oc.action {
-                    extend_assignments(&mut du.assignments, &ups)?;
+                    extend_assignments(&mut du.assignments, &ups, downs.as_ref())?;
                 }
             }
             let Some(source) = insert.source.as_mut() else {
@@ -528,7 +571,11 @@ fn column_kind(
                             }
                             let values: HashMap<String, Expr> =
                                 columns.iter().cloned().zip(row.iter().cloned()).collect();
-                            row.push(substitute(up, &values));
+                            let new_value = substitute(up, &values);
+                            if let Some(downs) = &downs {
+                                row[index] = derived_old(downs, old, &new_value);
+                            }
+                            row.push(new_value);
                         }
                     }
                 }
@@ -553,9 +600,12 @@ fn column_kind(
                                 exprs[index]
                             ));
                         }
-                        select
-                            .projection
-                            .push(SelectItem::UnnamedExpr(substitute(up, &values)));
+                        let new_value = substitute(up, &values);
+                        if let Some(downs) = &downs {
+                            select.projection[index] =
+                                SelectItem::UnnamedExpr(derived_old(downs, old, &new_value));
+                        }
+                        select.projection.push(SelectItem::UnnamedExpr(new_value));
                     }
                 }
                 _ => {
@@ -742,6 +792,31 @@ mod tests {
             Route::Old,
         );
         assert!(matches!(plan, Plan::Rewrite { .. }), "{plan:?}");
+    }
+
+    #[test]
+    fn column_new_primary_derives_old_from_new() {
+        let m = [orders_migration(WriteMode::NewPrimary)];
+        let sql = rewritten(plan_with(
+            "UPDATE orders SET legacy_status = $1 WHERE id = $2",
+            &m,
+            Route::New,
+        ))
+        .0;
+        assert_eq!(
+            sql,
+            "UPDATE orders SET legacy_status = lower((upper(($1)))), new_status = upper(($1)) WHERE id = $2"
+        );
+        let sql = rewritten(plan_with(
+            "INSERT INTO orders (legacy_status) VALUES ('Paid')",
+            &m,
+            Route::New,
+        ))
+        .0;
+        assert_eq!(
+            sql,
+            "INSERT INTO orders (legacy_status, new_status) VALUES (lower((upper(('Paid')))), upper(('Paid')))"
+        );
     }
 
     #[test]

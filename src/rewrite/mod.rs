@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod dual_write;
+pub mod new_primary;
 pub mod read_route;
 pub mod shape;
 pub mod sqltext;
@@ -365,12 +366,6 @@ fn plan_statement(
     if let (Some(stmt), Some((target, tag))) = (top, top_target) {
         if !writes_active(target) {
             return Ok(Planned::Unchanged(Box::new(statement)));
-        }
-        if target.migration.writes == WriteMode::NewPrimary {
-            return Err(refuse(
-                target,
-                "writes = \"new_primary\" is not supported by this build",
-            ));
         }
         actions.push(action(target, "dual_write"));
         let (text, shape) = dual_write::rewrite(stmt, with, tag, target, ctx.schema)?;

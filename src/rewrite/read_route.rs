@@ -13,6 +13,15 @@ use std::ops::ControlFlow;
 
 /// The SELECT that presents the new schema in the old table's shape.
 pub fn derived_select(m: &Migration, schema: &Schema) -> Result<String, String> {
+    old_shape_select(m, schema, None)
+}
+
+/// The old table's columns computed from new-side rows, read from `from` (default: the new table).
+pub fn old_shape_select(
+    m: &Migration,
+    schema: &Schema,
+    from_override: Option<&str>,
+) -> Result<String, String> {
     let old_cols = schema
         .columns
         .get(&m.table)
@@ -55,7 +64,11 @@ pub fn derived_select(m: &Migration, schema: &Schema) -> Result<String, String> 
             items.push(format!("{expr} AS {}", quote_ident(col)));
         }
     }
-    Ok(format!("SELECT {} FROM {from}", items.join(", ")))
+    Ok(format!(
+        "SELECT {} FROM {}",
+        items.join(", "),
+        from_override.unwrap_or(&from)
+    ))
 }
 
 fn parse_query(sql: &str) -> Result<Query, String> {

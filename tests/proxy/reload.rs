@@ -103,19 +103,19 @@ async fn file_edits_reload_and_invalid_files_keep_the_last_good_config() {
     let error = refused["last_reload"]["error"].as_str().unwrap();
     assert!(error.contains("unknown field `kinde`"), "{error}");
 
-    // A phase this build cannot do is refused too (fail closed), naming the migration.
+    // A semantic error (not just syntax) is refused too, naming the migration.
     write_atomically(
         &path,
         &format!(
             "{base}{}",
-            migration_toml("")
-                .replace("key = [\"id\"]", "key = [\"id\"]\nwrites = \"new_primary\"")
+            migration_toml("").replace("key = [\"id\"]", "key = []")
         ),
     );
-    let refused = wait_for_status(maddr, "the new_primary migration to be refused", |s| {
-        s["last_reload"]["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("new_primary"))
+    let refused = wait_for_status(maddr, "the migration without a key to be refused", |s| {
+        s["last_reload"]["error"].as_str().is_some_and(|e| {
+            e.contains("migration \"orders_status\" (line")
+                && e.contains("key must name the primary-key column(s)")
+        })
     })
     .await;
     assert_eq!(refused["epoch"], epoch2.as_str());

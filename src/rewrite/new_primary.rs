@@ -1,0 +1,497 @@
+//! The `new_primary` phase: the new side is the source of truth. The application still speaks the old schema,
+//! so its statement is translated to the new table (old column references become their `down` expressions over
+//! new columns, written values go through `up`), and the rows it touched are mirrored back to the old table in
+//! the same statement. Conservative on purpose: forms whose translation could change their meaning are refused.
+
+use super::dual_write::{
+    assignment_columns, columns_of, ident, last_part, new_key, parse_expr, repeatable, substitute,
+    table_text, take_returning, target_alias,
+};
+use super::read_route::old_shape_select;
+use super::shape::{DmlTag, Shape};
+use super::sqltext::{fold, quote_ident};
+use super::{refuse, Refusal, Schema, Target};
+use crate::config::migration::{Migration, MigrationKind};
+use sqlparser::ast::{
+    visit_expressions, visit_expressions_mut, AssignmentTarget, Expr, FromTable, OnConflictAction,
+    OnInsert, SetExpr, Statement, With,
+};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+const NEW_CTE: &str = "__pgshift_new";
+const OLD_CTE: &str = "__pgshift_old";
+
+/// For each old column: the expression over new columns that gives its value.
+fn old_from_new(m: &Migration, old_cols: &[String]) -> Result<HashMap<String, Expr>, String> {
+    let mut out = HashMap::new();
+    for col in old_cols {
+        let expr = match m.columns.iter().find(|c| c.old.eq_ignore_ascii_case(col)) {
+            Some(c) => match &c.down {
+                Some(down) => Expr::Nested(Box::new(parse_expr(down)?)),
+                None => Expr::Identifier(ident(&c.new.to_lowercase())),
+            },
+            None => Expr::Identifier(ident(col)),
+        };
+        out.insert(col.clone(), expr);
+    }
+    Ok(out)
+}
+
+/// Rewrites references to the target's old columns (bare, or qualified with its alias) into new-side terms.
+fn translate(expr: &Expr, alias: &str, old: &HashMap<String, Expr>) -> Expr {
+    let mut out = expr.clone();
+    let _ = visit_expressions_mut(&mut out, |e| {
+        let column = match e {
+            Expr::Identifier(i) => Some(fold(i)),
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 && fold(&parts[0]) == alias => {
+                Some(fold(&parts[1]))
+            }
+            _ => None,
+        };
+        if let Some(replacement) = column.and_then(|c| old.get(&c)) {
+            *e = replacement.clone();
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+fn has_subquery(expr: &Expr) -> bool {
+    let mut found = false;
+    let _ = visit_expressions(expr, |e| {
+        if matches!(
+            e,
+            Expr::Subquery(_) | Expr::InSubquery { .. } | Expr::Exists { .. }
+        ) {
+            found = true;
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    found
+}
+
+/// The new column a written old column lands in, and its value: `up` over the written values (and, for
+/// columns the statement does not write, their current values).
+fn new_value(
+    m: &Migration,
+    col: &str,
+    written: &HashMap<String, Expr>,
+) -> Result<(String, Expr), String> {
+    match m.columns.iter().find(|c| c.old.eq_ignore_ascii_case(col)) {
+        Some(c) => {
+            let value = match &c.up {
+                Some(up) => substitute(&parse_expr(up)?, written),
+                None => written[col].clone(),
+            };
+            Ok((c.new.to_lowercase(), value))
+        }
+        None => Ok((col.to_owned(), written[col].clone())),
+    }
+}
+
+pub fn rewrite(
+    mut statement: Statement,
+    with: Option<With>,
+    tag: DmlTag,
+    target: &Target<'_>,
+    schema: &Schema,
+) -> Result<(String, Shape), Refusal> {
+    let m = target.migration;
+    let fail = |reason: String| refuse(target, reason);
+    if m.kind == MigrationKind::Column {
+        unreachable!("column kind new_primary is handled with the dual-write transform");
+    }
+    let new_table = table_text(m.new_table.as_ref().expect("table kind has new_table"));
+    let old_table = table_text(&m.table);
+    let old_cols = columns_of(schema, &m.table).map_err(fail)?.clone();
+    let new_cols = columns_of(
+        schema,
+        m.new_table.as_ref().expect("table kind has new_table"),
+    )
+    .map_err(fail)?
+    .clone();
+    let old = old_from_new(m, &old_cols).map_err(fail)?;
+    let alias_ident = target_alias(&statement)
+        .ok_or_else(|| fail("the target table could not be identified".into()))?;
+    let alias = fold(&alias_ident);
+    let returning = take_returning(&mut statement);
+    let phase = "with writes = \"new_primary\"";
+
+    let primary = match &statement {
+        Statement::Insert(insert) => {
+            let mut columns: Vec<String> = insert
+                .columns
+                .iter()
+                .filter_map(|n| last_part(n).map(|i| fold(&i)))
+                .collect();
+            let rows = match insert.source.as_ref().map(|q| q.body.as_ref()) {
+                Some(SetExpr::Values(v)) => {
+                    v.rows.iter().map(|r| r.content.clone()).collect::<Vec<_>>()
+                }
+                None => Vec::new(),
+                _ => return Err(fail(format!("INSERT … SELECT is not supported {phase}"))),
+            };
+            if columns.is_empty() {
+                let width = rows.first().map_or(0, Vec::len);
+                columns = old_cols.iter().take(width).cloned().collect();
+            }
+            let mut new_names = Vec::new();
+            let mut new_rows: Vec<Vec<String>> = vec![Vec::new(); rows.len()];
+            for col in &columns {
+                if !old_cols.contains(col) {
+                    return Err(fail(format!("column {col} is not a column of {}", m.table)));
+                }
+            }
+            for col in &columns {
+                let mut name = None;
+                for (i, row) in rows.iter().enumerate() {
+                    let written: HashMap<String, Expr> =
+                        columns.iter().cloned().zip(row.iter().cloned()).collect();
+                    if !row.iter().all(repeatable) {
+                        return Err(fail(format!(
+                            "VALUES that may change if evaluated twice are not supported {phase}"
+                        )));
+                    }
+                    let (n, value) = new_value(m, col, &written).map_err(fail)?;
+                    name = Some(n);
+                    new_rows[i].push(value.to_string());
+                }
+                let name = name.unwrap_or_else(|| {
+                    new_value(
+                        m,
+                        col,
+                        &HashMap::from([(
+                            col.clone(),
+                            Expr::Value(sqlparser::ast::Value::Null.into()),
+                        )]),
+                    )
+                    .map(|(n, _)| n)
+                    .unwrap_or_default()
+                });
+                if !new_cols.contains(&name) {
+                    return Err(fail(format!(
+                        "column {name} does not exist in the new table"
+                    )));
+                }
+                new_names.push(quote_ident(&name));
+            }
+            let values = if rows.is_empty() {
+                "DEFAULT VALUES".to_owned()
+            } else {
+                format!(
+                    "VALUES {}",
+                    new_rows
+                        .iter()
+                        .map(|r| format!("({})", r.join(", ")))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let conflict = match &insert.on {
+                None => String::new(),
+                Some(OnInsert::OnConflict(oc)) => {
+                    let target_cols = match &oc.conflict_target {
+                        Some(sqlparser::ast::ConflictTarget::Columns(cols)) => {
+                            cols.iter().map(fold).collect::<Vec<_>>()
+                        }
+                        None => Vec::new(),
+                        _ => {
+                            return Err(fail(format!(
+                                "ON CONFLICT ON CONSTRAINT is not supported {phase}"
+                            )))
+                        }
+                    };
+                    let renamed: Vec<String> = target_cols
+                        .iter()
+                        .map(|c| {
+                            new_value(
+                                m,
+                                c,
+                                &HashMap::from([(c.clone(), Expr::Identifier(ident(c)))]),
+                            )
+                            .map(|(n, _)| quote_ident(&n))
+                        })
+                        .collect::<Result<_, _>>()
+                        .map_err(fail)?;
+                    let target_text = if renamed.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", renamed.join(", "))
+                    };
+                    match &oc.action {
+                        OnConflictAction::DoNothing => {
+                            format!(" ON CONFLICT{target_text} DO NOTHING")
+                        }
+                        OnConflictAction::DoUpdate(du) => {
+                            if du.selection.is_some() {
+                                return Err(fail(format!(
+                                    "ON CONFLICT … DO UPDATE … WHERE is not supported {phase}"
+                                )));
+                            }
+                            let mut sets = Vec::new();
+                            for a in &du.assignments {
+                                let AssignmentTarget::ColumnName(name) = &a.target else {
+                                    return Err(fail(format!(
+                                        "multiple-column assignments are not supported {phase}"
+                                    )));
+                                };
+                                let col = last_part(name).map(|i| fold(&i)).unwrap_or_default();
+                                let plain_excluded = matches!(&a.value, Expr::CompoundIdentifier(p)
+                                    if p.len() == 2 && fold(&p[0]) == "excluded" && fold(&p[1]) == col);
+                                if !plain_excluded {
+                                    return Err(fail(format!(
+                                        "ON CONFLICT DO UPDATE supports only `col = EXCLUDED.col` {phase}"
+                                    )));
+                                }
+                                let (new_name, _) = new_value(
+                                    m,
+                                    &col,
+                                    &HashMap::from([(col.clone(), Expr::Identifier(ident(&col)))]),
+                                )
+                                .map_err(fail)?;
+                                sets.push(format!("{0} = EXCLUDED.{0}", quote_ident(&new_name)));
+                            }
+                            format!(
+                                " ON CONFLICT{target_text} DO UPDATE SET {}",
+                                sets.join(", ")
+                            )
+                        }
+                    }
+                }
+                Some(_) => return Err(fail("unsupported ON clause".into())),
+            };
+            let cols = if new_names.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", new_names.join(", "))
+            };
+            format!("INSERT INTO {new_table}{cols} {values}{conflict} RETURNING *")
+        }
+        Statement::Update(update) => {
+            if update.from.is_some() {
+                return Err(fail(format!("UPDATE … FROM is not supported {phase}")));
+            }
+            let assigned = assignment_columns(&update.assignments);
+            let mut written: HashMap<String, Expr> = old.clone();
+            for a in &update.assignments {
+                let AssignmentTarget::ColumnName(name) = &a.target else {
+                    return Err(fail(format!(
+                        "multiple-column assignments are not supported {phase}"
+                    )));
+                };
+                if has_subquery(&a.value) || !repeatable(&a.value) {
+                    return Err(fail(format!(
+                        "a value that may change if evaluated twice is not supported {phase}"
+                    )));
+                }
+                let col = last_part(name).map(|i| fold(&i)).unwrap_or_default();
+                written.insert(
+                    col,
+                    Expr::Nested(Box::new(translate(&a.value, &alias, &old))),
+                );
+            }
+            let mut sets = Vec::new();
+            for col in &assigned {
+                if !old_cols.contains(col) {
+                    return Err(fail(format!("column {col} is not a column of {}", m.table)));
+                }
+                let (name, value) = new_value(m, col, &written).map_err(fail)?;
+                sets.push(format!("{} = {value}", quote_ident(&name)));
+            }
+            let condition = match &update.selection {
+                Some(cond) if has_subquery(cond) => {
+                    return Err(fail(format!(
+                        "a WHERE clause with a subquery is not supported {phase}"
+                    )))
+                }
+                Some(cond) => format!(" WHERE {}", translate(cond, &alias, &old)),
+                None => String::new(),
+            };
+            format!(
+                "UPDATE {new_table} AS {alias_ident} SET {}{condition} RETURNING {alias_ident}.*",
+                sets.join(", ")
+            )
+        }
+        Statement::Delete(delete) => {
+            if delete.using.is_some() {
+                return Err(fail(format!("DELETE … USING is not supported {phase}")));
+            }
+            let _ = match &delete.from {
+                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+            };
+            let condition = match &delete.selection {
+                Some(cond) if has_subquery(cond) => {
+                    return Err(fail(format!(
+                        "a WHERE clause with a subquery is not supported {phase}"
+                    )))
+                }
+                Some(cond) => format!(" WHERE {}", translate(cond, &alias, &old)),
+                None => String::new(),
+            };
+            format!("DELETE FROM {new_table} AS {alias_ident}{condition} RETURNING {alias_ident}.*")
+        }
+        _ => return Err(fail("not a DML statement".into())),
+    };
+
+    // Mirror the touched rows back to old, in old's shape.
+    let key = new_key(m);
+    let mirror =
+        match tag {
+            DmlTag::Insert | DmlTag::Update => {
+                let present: Vec<&String> = old_cols
+                    .iter()
+                    .filter(|c| {
+                        let mapped = m.columns.iter().any(|mc| mc.old.eq_ignore_ascii_case(c));
+                        mapped || new_cols.contains(c)
+                    })
+                    .collect();
+                let names: Vec<String> = present.iter().map(|c| quote_ident(c)).collect();
+                let exprs: Vec<String> = present.iter().map(|c| old[*c].to_string()).collect();
+                let updates: Vec<String> = present
+                    .iter()
+                    .filter(|c| !m.key.contains(c))
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                    .collect();
+                let conflict = if updates.is_empty() {
+                    "DO NOTHING".to_owned()
+                } else {
+                    format!("DO UPDATE SET {}", updates.join(", "))
+                };
+                format!(
+                "INSERT INTO {old_table} ({}) SELECT {} FROM {NEW_CTE} ON CONFLICT ({}) {conflict}",
+                names.join(", "),
+                exprs.join(", "),
+                m.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")
+            )
+            }
+            DmlTag::Delete => {
+                let matches: Vec<String> = m
+                    .key
+                    .iter()
+                    .zip(&key)
+                    .map(|(old_k, new_k)| {
+                        format!(
+                            "__pgshift_t.{} = {NEW_CTE}.{}",
+                            quote_ident(old_k),
+                            quote_ident(new_k)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "DELETE FROM {old_table} AS __pgshift_t USING {NEW_CTE} WHERE {}",
+                    matches.join(" AND ")
+                )
+            }
+        };
+    let shaped = old_shape_select(m, schema, Some(NEW_CTE)).map_err(fail)?;
+    let mut ctes = Vec::new();
+    let mut recursive = false;
+    if let Some(with) = with {
+        recursive = with.recursive;
+        ctes.extend(with.cte_tables.iter().map(|c| c.to_string()));
+    }
+    ctes.push(format!("{NEW_CTE} AS ({primary})"));
+    ctes.push(format!("{OLD_CTE} AS ({mirror})"));
+    let list = returning
+        .as_ref()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    let text = format!(
+        "WITH {}{} SELECT {list} FROM ({shaped}) AS {alias_ident}",
+        if recursive { "RECURSIVE " } else { "" },
+        ctes.join(", ")
+    );
+    Ok((
+        text,
+        Shape::Dml {
+            tag,
+            returning: returning.is_some(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{plan_with, rewritten, users_migration};
+    use super::super::{Plan, Shape};
+    use crate::config::migration::WriteMode;
+    use crate::rewrite::DmlTag;
+    use crate::routing::Route;
+
+    fn users(sql: &str) -> (String, Vec<Shape>) {
+        rewritten(plan_with(
+            sql,
+            &[users_migration(WriteMode::NewPrimary)],
+            Route::New,
+        ))
+    }
+
+    const MIRROR: &str = "__pgshift_old AS (INSERT INTO public.users (id, fullname, email, created_at) \
+        SELECT id, display_name, email, created_at FROM __pgshift_new ON CONFLICT (id) \
+        DO UPDATE SET fullname = EXCLUDED.fullname, email = EXCLUDED.email, created_at = EXCLUDED.created_at)";
+    const SHAPE: &str =
+        "(SELECT id, display_name AS fullname, email, created_at FROM __pgshift_new)";
+
+    #[test]
+    fn insert_writes_new_first_and_mirrors_to_old() {
+        let (sql, shapes) =
+            users("INSERT INTO users (fullname, email) VALUES ($1, $2) RETURNING id, fullname");
+        assert_eq!(
+            sql,
+            format!(
+                "WITH __pgshift_new AS (INSERT INTO v2.users (display_name, email) VALUES ($1, $2) RETURNING *), \
+                 {MIRROR} SELECT id, fullname FROM {SHAPE} AS users"
+            )
+        );
+        assert_eq!(
+            shapes,
+            vec![Shape::Dml {
+                tag: DmlTag::Insert,
+                returning: true
+            }]
+        );
+    }
+
+    #[test]
+    fn update_and_delete_translate_old_columns() {
+        let (sql, _) = users(
+            "UPDATE users u SET fullname = upper(u.fullname), email = $1 WHERE fullname = $2",
+        );
+        assert_eq!(
+            sql,
+            format!(
+                "WITH __pgshift_new AS (UPDATE v2.users AS u SET display_name = (upper(display_name)), email = ($1) \
+                 WHERE display_name = $2 RETURNING u.*), {MIRROR} SELECT  FROM {SHAPE} AS u"
+            )
+        );
+        let (sql, _) = users("DELETE FROM users WHERE fullname LIKE 'x%'");
+        assert_eq!(
+            sql,
+            format!(
+                "WITH __pgshift_new AS (DELETE FROM v2.users AS users WHERE display_name LIKE 'x%' RETURNING users.*), \
+                 __pgshift_old AS (DELETE FROM public.users AS __pgshift_t USING __pgshift_new \
+                 WHERE __pgshift_t.id = __pgshift_new.id) SELECT  FROM {SHAPE} AS users"
+            )
+        );
+    }
+
+    #[test]
+    fn risky_forms_are_refused() {
+        let m = [users_migration(WriteMode::NewPrimary)];
+        for sql in [
+            "UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id",
+            "DELETE FROM users WHERE id IN (SELECT id FROM banned)",
+            "INSERT INTO users (fullname) SELECT name FROM imports",
+            "INSERT INTO users (id, fullname) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET fullname = 'b'",
+        ] {
+            assert!(matches!(plan_with(sql, &m, Route::New), Plan::Refuse(_)), "{sql}");
+        }
+    }
+}
