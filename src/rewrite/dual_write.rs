@@ -262,53 +262,88 @@ fn table_kind(
     let mirror = match tag {
         DmlTag::Insert | DmlTag::Update => {
             let cols = mirror_columns(m, schema).map_err(fail)?;
-            let names: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
-            let exprs: Vec<&str> = cols.iter().map(|(_, e)| e.as_str()).collect();
-            let updates: Vec<String> = cols
-                .iter()
-                .filter(|(n, _)| !key.contains(n))
-                .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
-                .collect();
-            let conflict = if updates.is_empty() {
-                "DO NOTHING".to_owned()
-            } else {
-                format!("DO UPDATE SET {}", updates.join(", "))
-            };
-            let key_list: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
-            format!(
-                "INSERT INTO {new_table} ({}) SELECT {} FROM {OLD_CTE} ON CONFLICT ({}) {conflict}",
-                names.join(", "),
-                exprs.join(", "),
-                key_list.join(", ")
-            )
+            upsert_from(&new_table, &cols, OLD_CTE, &key)
         }
         DmlTag::Delete => {
-            let matches: Vec<String> = key
-                .iter()
-                .zip(&m.key)
-                .map(|(new, old)| {
-                    format!(
-                        "__pgshift_t.{} = {OLD_CTE}.{}",
-                        quote_ident(new),
-                        quote_ident(old)
-                    )
-                })
-                .collect();
-            format!(
-                "DELETE FROM {new_table} AS __pgshift_t USING {OLD_CTE} WHERE {}",
-                matches.join(" AND ")
-            )
+            let pairs: Vec<(String, String)> =
+                key.iter().cloned().zip(m.key.iter().cloned()).collect();
+            delete_matching(&new_table, OLD_CTE, &pairs)
         }
     };
+    Ok(assemble(
+        with,
+        [
+            format!("{OLD_CTE} AS ({inner})"),
+            format!("{NEW_CTE} AS ({mirror})"),
+        ],
+        returning,
+        &format!("{OLD_CTE} AS {alias}"),
+        tag,
+    ))
+}
 
+/// `INSERT INTO table (cols) SELECT exprs FROM source ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c, …`:
+/// the mirror that makes the other side hold exactly the rows in `source`.
+pub(super) fn upsert_from(
+    table: &str,
+    cols: &[(String, String)],
+    source: &str,
+    key: &[String],
+) -> String {
+    let names: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
+    let exprs: Vec<&str> = cols.iter().map(|(_, e)| e.as_str()).collect();
+    let updates: Vec<String> = cols
+        .iter()
+        .filter(|(n, _)| !key.contains(n))
+        .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
+        .collect();
+    let conflict = if updates.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
+    let key_list: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
+    format!(
+        "INSERT INTO {table} ({}) SELECT {} FROM {source} ON CONFLICT ({}) {conflict}",
+        names.join(", "),
+        exprs.join(", "),
+        key_list.join(", ")
+    )
+}
+
+/// `DELETE FROM table AS __pgshift_t USING source WHERE __pgshift_t.k = source.k …`, over (table key, source key).
+pub(super) fn delete_matching(table: &str, source: &str, key_pairs: &[(String, String)]) -> String {
+    let matches: Vec<String> = key_pairs
+        .iter()
+        .map(|(t, s)| {
+            format!(
+                "__pgshift_t.{} = {source}.{}",
+                quote_ident(t),
+                quote_ident(s)
+            )
+        })
+        .collect();
+    format!(
+        "DELETE FROM {table} AS __pgshift_t USING {source} WHERE {}",
+        matches.join(" AND ")
+    )
+}
+
+/// `WITH [client CTEs,] <primary>, <mirror> SELECT <client RETURNING list> FROM <from>`, and its reply shape.
+pub(super) fn assemble(
+    with: Option<With>,
+    ours: [String; 2],
+    returning: Option<Vec<SelectItem>>,
+    from: &str,
+    tag: DmlTag,
+) -> (String, Shape) {
     let mut ctes = Vec::new();
     let mut recursive = false;
     if let Some(with) = with {
         recursive = with.recursive;
         ctes.extend(with.cte_tables.iter().map(|c| c.to_string()));
     }
-    ctes.push(format!("{OLD_CTE} AS ({inner})"));
-    ctes.push(format!("{NEW_CTE} AS ({mirror})"));
+    ctes.extend(ours);
     let list = returning
         .as_ref()
         .map(|items| {
@@ -320,17 +355,15 @@ fn table_kind(
         })
         .unwrap_or_default();
     let text = format!(
-        "WITH {}{} SELECT {list} FROM {OLD_CTE} AS {alias}",
+        "WITH {}{} SELECT {list} FROM {from}",
         if recursive { "RECURSIVE " } else { "" },
         ctes.join(", ")
     );
-    Ok((
-        text,
-        Shape::Dml {
-            tag,
-            returning: returning.is_some(),
-        },
-    ))
+    let shape = Shape::Dml {
+        tag,
+        returning: returning.is_some(),
+    };
+    (text, shape)
 }
 
 pub(super) fn parse_expr(sql: &str) -> Result<Expr, String> {

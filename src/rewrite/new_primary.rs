@@ -4,8 +4,8 @@
 //! the same statement. Conservative on purpose: forms whose translation could change their meaning are refused.
 
 use super::dual_write::{
-    assignment_columns, columns_of, ident, last_part, new_key, parse_expr, repeatable, substitute,
-    table_text, take_returning, target_alias,
+    assemble, assignment_columns, columns_of, delete_matching, ident, last_part, new_key,
+    parse_expr, repeatable, substitute, table_text, take_returning, target_alias, upsert_from,
 };
 use super::read_route::old_shape_select;
 use super::shape::{DmlTag, Shape};
@@ -336,84 +336,34 @@ pub fn rewrite(
 
     // Mirror the touched rows back to old, in old's shape.
     let key = new_key(m);
-    let mirror =
-        match tag {
-            DmlTag::Insert | DmlTag::Update => {
-                let present: Vec<&String> = old_cols
-                    .iter()
-                    .filter(|c| {
-                        let mapped = m.columns.iter().any(|mc| mc.old.eq_ignore_ascii_case(c));
-                        mapped || new_cols.contains(c)
-                    })
-                    .collect();
-                let names: Vec<String> = present.iter().map(|c| quote_ident(c)).collect();
-                let exprs: Vec<String> = present.iter().map(|c| old[*c].to_string()).collect();
-                let updates: Vec<String> = present
-                    .iter()
-                    .filter(|c| !m.key.contains(c))
-                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-                    .collect();
-                let conflict = if updates.is_empty() {
-                    "DO NOTHING".to_owned()
-                } else {
-                    format!("DO UPDATE SET {}", updates.join(", "))
-                };
-                format!(
-                "INSERT INTO {old_table} ({}) SELECT {} FROM {NEW_CTE} ON CONFLICT ({}) {conflict}",
-                names.join(", "),
-                exprs.join(", "),
-                m.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>().join(", ")
-            )
-            }
-            DmlTag::Delete => {
-                let matches: Vec<String> = m
-                    .key
-                    .iter()
-                    .zip(&key)
-                    .map(|(old_k, new_k)| {
-                        format!(
-                            "__pgshift_t.{} = {NEW_CTE}.{}",
-                            quote_ident(old_k),
-                            quote_ident(new_k)
-                        )
-                    })
-                    .collect();
-                format!(
-                    "DELETE FROM {old_table} AS __pgshift_t USING {NEW_CTE} WHERE {}",
-                    matches.join(" AND ")
-                )
-            }
-        };
-    let shaped = old_shape_select(m, schema, Some(NEW_CTE)).map_err(fail)?;
-    let mut ctes = Vec::new();
-    let mut recursive = false;
-    if let Some(with) = with {
-        recursive = with.recursive;
-        ctes.extend(with.cte_tables.iter().map(|c| c.to_string()));
-    }
-    ctes.push(format!("{NEW_CTE} AS ({primary})"));
-    ctes.push(format!("{OLD_CTE} AS ({mirror})"));
-    let list = returning
-        .as_ref()
-        .map(|items| {
-            items
+    let mirror = match tag {
+        DmlTag::Insert | DmlTag::Update => {
+            let cols: Vec<(String, String)> = old_cols
                 .iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
-    let text = format!(
-        "WITH {}{} SELECT {list} FROM ({shaped}) AS {alias_ident}",
-        if recursive { "RECURSIVE " } else { "" },
-        ctes.join(", ")
-    );
-    Ok((
-        text,
-        Shape::Dml {
-            tag,
-            returning: returning.is_some(),
-        },
+                .filter(|c| {
+                    m.columns.iter().any(|mc| mc.old.eq_ignore_ascii_case(c))
+                        || new_cols.contains(c)
+                })
+                .map(|c| (c.clone(), old[c].to_string()))
+                .collect();
+            upsert_from(&old_table, &cols, NEW_CTE, &m.key)
+        }
+        DmlTag::Delete => {
+            let pairs: Vec<(String, String)> =
+                m.key.iter().cloned().zip(key.iter().cloned()).collect();
+            delete_matching(&old_table, NEW_CTE, &pairs)
+        }
+    };
+    let shaped = old_shape_select(m, schema, Some(NEW_CTE)).map_err(fail)?;
+    Ok(assemble(
+        with,
+        [
+            format!("{NEW_CTE} AS ({primary})"),
+            format!("{OLD_CTE} AS ({mirror})"),
+        ],
+        returning,
+        &format!("({shaped}) AS {alias_ident}"),
+        tag,
     ))
 }
 
