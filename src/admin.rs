@@ -3,6 +3,7 @@
 
 use crate::config::migration::{Migration, MigrationKind};
 use crate::config::Config;
+use crate::rewrite::prefilter::Prefilter;
 use crate::rewrite::{self, catalog, read_route, Context, Plan, Schema, Target};
 use crate::routing::Route;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -131,11 +132,13 @@ pub fn rewrite(sql: &str, config: &Config, schema: &Schema, route: Route) -> Pla
             route,
         })
         .collect();
+    let prefilter = Prefilter::new(config.migrations.iter().map(|m| m.table.name.as_str()));
     rewrite::plan(
         sql,
         &Context {
             targets: &targets,
             schema,
+            prefilter: &prefilter,
         },
     )
 }

@@ -10,11 +10,14 @@ use crate::error::{ClientError, SqlState};
 use crate::metrics::{READS, STATEMENTS_REFUSED, STATEMENTS_REWRITTEN};
 use crate::protocol::frame::FrameError;
 use crate::protocol::messages::{self, encode};
-use crate::rewrite::{self, catalog, Context, Plan, Schema, Shape, Target};
+use crate::rewrite::prefilter::Prefilter;
+use crate::rewrite::{self, cache, catalog, Context, Plan, Schema, Shape, Target};
 use crate::routing::{self, Route, SessionFacts};
+use aho_corasick::AhoCorasick;
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::LazyLock;
 
 /// Sent instead of a refused statement: it fails at parse time, so nothing runs and the server's transaction
 /// state is exactly that of a failed statement; pgshift replaces the syntax error with its own.
@@ -95,6 +98,8 @@ pub struct Statements {
     schema_generation: Option<u64>,
     /// Hash of everything a plan depends on besides the SQL: config content, routes, catalog.
     plan_key: u64,
+    /// Finds the active migrations' table names in SQL text (the fast path).
+    prefilter: Prefilter,
     /// Changes whenever plans may change: config, catalog, routes.
     fingerprint: u64,
     statements: HashMap<Vec<u8>, Prepared>,
@@ -115,6 +120,7 @@ impl Statements {
             schema: Schema::default(),
             schema_generation: None,
             plan_key: 0,
+            prefilter: Prefilter::new([]),
             fingerprint: 0,
             statements: HashMap::new(),
             portals: HashMap::new(),
@@ -132,6 +138,11 @@ impl Statements {
                     .is_none_or(|db| db == self.facts.database)
             })
             .collect();
+        let names = self
+            .active
+            .iter()
+            .map(|&i| self.config.migrations[i].table.name.as_str());
+        self.prefilter = Prefilter::new(names);
     }
 
     /// Whether this session has anything to rewrite (or a reload it has not looked at yet).
@@ -208,7 +219,12 @@ impl Statements {
         self.plan_key = key.finish();
     }
 
-    fn plan(&self, sql: &str) -> Plan {
+    fn plan(&self, sql: &str) -> Arc<Plan> {
+        static FORWARD: LazyLock<Arc<Plan>> =
+            LazyLock::new(|| Arc::new(Plan::Forward { actions: vec![] }));
+        if !self.prefilter.matches(sql) {
+            return FORWARD.clone();
+        }
         let targets: Vec<Target<'_>> = self
             .active
             .iter()
@@ -218,31 +234,38 @@ impl Statements {
                 route,
             })
             .collect();
-        if !rewrite::prefilter(sql, &targets) {
-            return Plan::Forward { actions: vec![] };
-        }
         let plan = cache::get_or_plan(self.plan_key, sql, || {
             rewrite::plan(
                 sql,
                 &Context {
                     targets: &targets,
                     schema: &self.schema,
+                    prefilter: &self.prefilter,
                 },
             )
         });
         record(&plan);
-        (*plan).clone()
+        plan
     }
 
     /// `SET pgshift.key = …` / `SET pgshift.context = …` change the routing facts from the next transaction;
     /// anything that may change the search_path (SET, RESET, DISCARD, set_config) makes unqualified names
     /// resolve differently, so the catalog is read again at the next transaction boundary.
     fn observe_settings(&mut self, sql: &str) {
-        let lower = sql.to_ascii_lowercase();
-        if lower.contains("search_path") || lower.contains("discard") || lower.contains("reset") {
-            self.schema_generation = None;
+        static WORDS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(["search_path", "discard", "reset", "pgshift."])
+                .expect("fixed patterns")
+        });
+        let mut settings = false;
+        for m in WORDS.find_overlapping_iter(sql) {
+            match m.pattern().as_usize() {
+                3 => settings = true,
+                _ => self.schema_generation = None,
+            }
         }
-        if !lower.contains("pgshift.") {
+        if !settings {
             return;
         }
         for (name, value) in parse_settings(sql) {
@@ -260,21 +283,21 @@ impl Statements {
         self.observe_settings(&sql);
         let plan = self.plan(&sql);
         let timing = Timing::start(label_of(&plan));
-        let respond = match plan {
+        let respond = match &*plan {
             Plan::Forward { .. } => {
                 out.extend_from_slice(frame);
                 Respond::Forward
             }
             Plan::Rewrite { sql, shapes, .. } => {
-                encode::query(out, &sql);
+                encode::query(out, sql);
                 Respond::Statements {
-                    shapes: Arc::from(shapes),
+                    shapes: Arc::from(shapes.as_slice()),
                     next: 0,
                 }
             }
             Plan::Refuse(refusal) => {
                 encode::query(out, REFUSED_SQL);
-                Respond::ReplaceError(refused(&refusal))
+                Respond::ReplaceError(refused(refusal))
             }
         };
         Ok(Entry {
@@ -322,18 +345,18 @@ impl Statements {
         } else {
             Respond::Forward
         };
-        match plan {
+        match &*plan {
             Plan::Forward { .. } => {
                 encode::parse(out, name, sql, types);
                 (ok, Shape::Same, label)
             }
             Plan::Rewrite { sql, shapes, .. } => {
-                encode::parse(out, name, &sql, types);
+                encode::parse(out, name, sql, types);
                 (ok, shapes.first().copied().unwrap_or(Shape::Same), label)
             }
             Plan::Refuse(refusal) => {
                 encode::parse(out, name, REFUSED_SQL, types);
-                (Respond::ReplaceError(refused(&refusal)), Shape::Same, None)
+                (Respond::ReplaceError(refused(refusal)), Shape::Same, None)
             }
         }
     }
@@ -443,36 +466,6 @@ fn refused(refusal: &rewrite::Refusal) -> Bytes {
         )),
     }
     .to_bytes()
-}
-
-mod cache {
-    //! Plans shared by all sessions, keyed by everything they depend on: the config's content, the routes, the
-    //! catalog, and the SQL text. Bounded: when full it starts over.
-    use crate::rewrite::Plan;
-    use std::collections::HashMap;
-    use std::sync::{Arc, LazyLock, Mutex};
-
-    const CAPACITY: usize = 10_000;
-    type Plans = HashMap<(u64, String), Arc<Plan>>;
-    static PLANS: LazyLock<Mutex<Plans>> = LazyLock::new(Default::default);
-
-    pub fn get_or_plan(key: u64, sql: &str, plan: impl FnOnce() -> Plan) -> Arc<Plan> {
-        if let Some(hit) = PLANS
-            .lock()
-            .expect("plan cache lock")
-            .get(&(key, sql.to_owned()))
-        {
-            return hit.clone();
-        }
-        // Planned outside the lock: parsing takes microseconds and other sessions should not wait on it.
-        let planned = Arc::new(plan());
-        let mut plans = PLANS.lock().expect("plan cache lock");
-        if plans.len() >= CAPACITY {
-            plans.clear();
-        }
-        plans.insert((key, sql.to_owned()), planned.clone());
-        planned
-    }
 }
 
 fn record(plan: &Plan) {

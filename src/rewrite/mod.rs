@@ -2,9 +2,11 @@
 //! (dual write, routed read), or is refused. Pure functions: SQL text, migrations with this session's routes, and
 //! the session's view of the catalog in; a [`Plan`] out.
 
+pub mod cache;
 pub mod catalog;
 pub mod dual_write;
 pub mod new_primary;
+pub mod prefilter;
 pub mod read_route;
 pub mod shape;
 pub mod sqltext;
@@ -38,6 +40,8 @@ pub struct Target<'a> {
 pub struct Context<'a> {
     pub targets: &'a [Target<'a>],
     pub schema: &'a Schema,
+    /// Built for the targets' table names, in the same order.
+    pub prefilter: &'a prefilter::Prefilter,
 }
 
 /// Something the plan did, for metrics.
@@ -96,13 +100,6 @@ impl<'a> Context<'a> {
     }
 }
 
-/// Cheap test before parsing: does the text mention any migrated table's name at all (any case)?
-pub fn prefilter(sql: &str, targets: &[Target<'_>]) -> bool {
-    targets
-        .iter()
-        .any(|t| contains_ignore_ascii_case(sql.as_bytes(), t.migration.table.name.as_bytes()))
-}
-
 fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty()
         && haystack.len() >= needle.len()
@@ -147,9 +144,10 @@ fn writes_active(target: &Target<'_>) -> bool {
 /// Plans one client message (one or more statements separated by `;`).
 pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
     let mentioned: Vec<&Target<'_>> = ctx
-        .targets
-        .iter()
-        .filter(|t| contains_ignore_ascii_case(sql.as_bytes(), t.migration.table.name.as_bytes()))
+        .prefilter
+        .mentioned(sql)
+        .into_iter()
+        .filter_map(|i| ctx.targets.get(i))
         .collect();
     if mentioned.is_empty() {
         return Plan::Forward { actions: vec![] };
@@ -459,11 +457,13 @@ pub(crate) mod tests {
             })
             .collect();
         let schema = schema();
+        let prefilter = prefilter::Prefilter::new(migrations.iter().map(|m| m.table.name.as_str()));
         plan(
             sql,
             &Context {
                 targets: &targets,
                 schema: &schema,
+                prefilter: &prefilter,
             },
         )
     }
