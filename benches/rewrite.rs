@@ -25,12 +25,14 @@ fn setup(n: usize) -> (Config, Schema) {
     };
     let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let mut schema = Schema::default();
-    schema
-        .columns
-        .insert(t("public", "pgbench_accounts"), cols(&["aid", "bid", "abalance", "filler"]));
-    schema
-        .columns
-        .insert(t("v2", "pgbench_accounts"), cols(&["aid", "bid", "balance", "filler"]));
+    schema.columns.insert(
+        t("public", "pgbench_accounts"),
+        cols(&["aid", "bid", "abalance", "filler"]),
+    );
+    schema.columns.insert(
+        t("v2", "pgbench_accounts"),
+        cols(&["aid", "bid", "balance", "filler"]),
+    );
     schema
         .unqualified
         .insert("pgbench_accounts".into(), t("public", "pgbench_accounts"));
@@ -40,12 +42,14 @@ fn setup(n: usize) -> (Config, Schema) {
              columns = [{{ old = \"status\", new = \"status_v2\", up = \"upper(status)\" }}]\nwrites = \"dual_write\"\n"
         ));
         let name = format!("table_{i}");
-        schema
-            .columns
-            .insert(t("public", &name), cols(&["id", "a", "status", "status_v2"]));
+        schema.columns.insert(
+            t("public", &name),
+            cols(&["id", "a", "status", "status_v2"]),
+        );
         schema.unqualified.insert(name.clone(), t("public", &name));
     }
-    let config = Config::parse(&text, Path::new("bench.toml"), &Overrides::default()).expect("bench config is valid");
+    let config = Config::parse(&text, Path::new("bench.toml"), &Overrides::default())
+        .expect("bench config is valid");
     (config, schema)
 }
 
@@ -67,7 +71,9 @@ fn long_statement() -> String {
     let mut sql = String::from("SELECT b.bid, b.bbalance, t.tid, t.tbalance");
     let mut i = 0;
     while sql.len() < 1900 {
-        sql.push_str(&format!(", coalesce(h.delta, {i}) + t.tbalance * {i} AS computed_column_{i}"));
+        sql.push_str(&format!(
+            ", coalesce(h.delta, {i}) + t.tbalance * {i} AS computed_column_{i}"
+        ));
         i += 1;
     }
     sql.push_str(" FROM pgbench_branches b JOIN pgbench_tellers t USING (bid) LEFT JOIN pgbench_history h USING (tid) WHERE b.bid = $1");
@@ -82,34 +88,45 @@ fn benches(c: &mut Criterion) {
 
         let mut group = c.benchmark_group(format!("prefilter_{n}_migrations"));
         let short = "SELECT abalance FROM pgbench_branches WHERE bid = $1";
-        group.bench_function("short_no_match", |b| b.iter(|| prefilter.matches(black_box(short))));
-        group.bench_function("2kb_no_match", |b| b.iter(|| prefilter.matches(black_box(&long))));
+        group.bench_function("short_no_match", |b| {
+            b.iter(|| prefilter.matches(black_box(short)))
+        });
+        group.bench_function("2kb_no_match", |b| {
+            b.iter(|| prefilter.matches(black_box(&long)))
+        });
         group.finish();
 
         for (route, route_name) in [(Route::Old, "old"), (Route::New, "new")] {
             let targets: Vec<Target<'_>> = config
                 .migrations
                 .iter()
-                .map(|m| Target { migration: m, route })
+                .map(|m| Target {
+                    migration: m,
+                    route,
+                })
                 .collect();
             let ctx = Context {
                 targets: &targets,
                 schema: &schema,
                 prefilter: &prefilter,
             };
-            let mut cold = c.benchmark_group(format!("cold_plan_{n}_migrations_reads_{route_name}"));
+            let mut cold =
+                c.benchmark_group(format!("cold_plan_{n}_migrations_reads_{route_name}"));
             for (name, sql) in STATEMENTS {
                 cold.bench_with_input(BenchmarkId::from_parameter(name), sql, |b, sql| {
                     b.iter(|| plan(black_box(sql), &ctx))
                 });
             }
             cold.finish();
-            let mut cached = c.benchmark_group(format!("cached_plan_{n}_migrations_reads_{route_name}"));
+            let mut cached =
+                c.benchmark_group(format!("cached_plan_{n}_migrations_reads_{route_name}"));
             for (name, sql) in STATEMENTS {
                 let key = 0xbe_0000 + n as u64 + if route == Route::New { 1000 } else { 0 };
                 cache::get_or_plan(key, sql, || plan(sql, &ctx));
                 cached.bench_with_input(BenchmarkId::from_parameter(name), sql, |b, sql| {
-                    b.iter(|| cache::get_or_plan(key, black_box(sql), || unreachable!("warm cache")))
+                    b.iter(|| {
+                        cache::get_or_plan(key, black_box(sql), || unreachable!("warm cache"))
+                    })
                 });
             }
             cached.finish();

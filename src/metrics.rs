@@ -14,7 +14,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -135,6 +135,45 @@ fn describe() {
         CONFIG_INFO,
         "Always 1; the label `epoch` is the loaded config's content hash."
     );
+}
+
+/// A per-migration counter with one extra label, resolved through the registry once and reused: the data
+/// path records per statement, and a registry lookup with label allocation would cost more than the rest of
+/// the statement's handling.
+pub fn migration_counter(
+    metric: &'static str,
+    migration: &str,
+    label: &'static str,
+    value: &'static str,
+) -> Counter {
+    type ByMigration = rustc_hash::FxHashMap<String, Counter>;
+    type Counters = rustc_hash::FxHashMap<(&'static str, &'static str, &'static str), ByMigration>;
+    static COUNTERS: LazyLock<Mutex<Counters>> = LazyLock::new(Default::default);
+    let mut counters = COUNTERS.lock().expect("metric handle cache");
+    let by_migration = counters.entry((metric, label, value)).or_default();
+    if let Some(c) = by_migration.get(migration) {
+        return c.clone();
+    }
+    let c = counter!(metric, "migration" => migration.to_owned(), label => value);
+    by_migration.insert(migration.to_owned(), c.clone());
+    c
+}
+
+/// The statement latency histogram for a migration and route, cached like [`migration_counter`].
+pub fn statement_duration(migration: &str, route: &'static str) -> metrics::Histogram {
+    static HISTOGRAMS: LazyLock<
+        Mutex<
+            rustc_hash::FxHashMap<&'static str, rustc_hash::FxHashMap<String, metrics::Histogram>>,
+        >,
+    > = LazyLock::new(Default::default);
+    let mut all = HISTOGRAMS.lock().expect("metric handle cache");
+    let by_migration = all.entry(route).or_default();
+    if let Some(h) = by_migration.get(migration) {
+        return h.clone();
+    }
+    let h = metrics::histogram!(STATEMENT_DURATION, "migration" => migration.to_owned(), "route" => route);
+    by_migration.insert(migration.to_owned(), h.clone());
+    h
 }
 
 /// What the HTTP endpoint reports besides metrics.

@@ -449,12 +449,8 @@ impl<'s> UpstreamPump<'s> {
                                         _ => false,
                                     };
                                     if let Some(t) = timing.take_if(|_| completes) {
-                                        ::metrics::histogram!(
-                                            metrics::STATEMENT_DURATION,
-                                            "migration" => t.label.migration,
-                                            "route" => t.label.route
-                                        )
-                                        .record(t.started.elapsed().as_secs_f64());
+                                        metrics::statement_duration(&t.label.migration, t.label.route)
+                                            .record(t.started.elapsed().as_secs_f64());
                                     }
                                 }
                                 tag

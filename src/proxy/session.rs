@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -497,8 +497,36 @@ async fn run_pumps(
     ubuf: BytesMut,
     facts: SessionFacts,
 ) -> Result<End, SessionError> {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
+    match (client, upstream) {
+        // Plain TCP on both legs (the common case): borrowed halves, no lock around each read and write.
+        (Stream::Tcp(mut client), Stream::Tcp(mut upstream)) => {
+            let (cr, cw) = client.split();
+            let (ur, uw) = upstream.split();
+            drive(shared, (cr, cw), cbuf, (ur, uw), ubuf, facts).await
+        }
+        (client, upstream) => {
+            let (cr, cw) = tokio::io::split(client);
+            let (ur, uw) = tokio::io::split(upstream);
+            drive(shared, (cr, cw), cbuf, (ur, uw), ubuf, facts).await
+        }
+    }
+}
+
+/// Runs both directions until one ends, then closes both sides as cleanly as their state allows.
+async fn drive<CR, CW, UR, UW>(
+    shared: &Shared,
+    (mut cr, mut cw): (CR, CW),
+    cbuf: BytesMut,
+    (mut ur, mut uw): (UR, UW),
+    ubuf: BytesMut,
+    facts: SessionFacts,
+) -> Result<End, SessionError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let state = SessionState::default();
     let statements = Statements::new(shared.live.clone(), facts);
@@ -534,18 +562,16 @@ async fn run_pumps(
             (None, Err(e))
         }
     };
-    let mut client = cr.unsplit(cw);
-    let mut upstream = ur.unsplit(uw);
     let notice = notice.filter(|_| client_clean);
-    let _ = goodbye(&mut client, notice.as_ref(), &mut upstream, upstream_clean).await;
+    let _ = goodbye(&mut cw, notice.as_ref(), &mut uw, upstream_clean).await;
     end
 }
 
 /// Last words: an error for the client if there is one, Terminate for the upstream, then close both.
-async fn goodbye(
-    client: &mut Stream,
+async fn goodbye<C: AsyncWrite + Unpin, U: AsyncWrite + Unpin>(
+    client: &mut C,
     notice: Option<&ClientError>,
-    upstream: &mut Stream,
+    upstream: &mut U,
     upstream_clean: bool,
 ) -> std::io::Result<()> {
     tokio::time::timeout(GOODBYE_TIMEOUT, async {

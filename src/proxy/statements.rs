@@ -43,7 +43,7 @@ impl Entry {
 /// Which migration and route a statement's latency is recorded under.
 #[derive(Debug, Clone)]
 pub struct Label {
-    pub migration: String,
+    pub migration: Arc<str>,
     /// `new`, `old` (reads) or `dual_write`.
     pub route: &'static str,
 }
@@ -100,6 +100,9 @@ pub struct Statements {
     plan_key: u64,
     /// Finds the active migrations' table names in SQL text (the fast path).
     prefilter: Prefilter,
+    schema_hash: u64,
+    /// A SET of pgshift.key/context since routes were last decided.
+    facts_changed: bool,
     /// Changes whenever plans may change: config, catalog, routes.
     fingerprint: u64,
     statements: HashMap<Vec<u8>, Prepared>,
@@ -121,6 +124,8 @@ impl Statements {
             schema_generation: None,
             plan_key: 0,
             prefilter: Prefilter::new([]),
+            schema_hash: 0,
+            facts_changed: false,
             fingerprint: 0,
             statements: HashMap::new(),
             portals: HashMap::new(),
@@ -154,20 +159,27 @@ impl Statements {
     /// (re)read first — returns the lookup query then.
     pub fn refresh(&mut self, application_name: Option<String>) -> Option<String> {
         let generation = self.live.generation();
+        let mut changed = self.routes.len() != self.active.len() || self.facts_changed;
         if generation != self.generation {
             self.config = self.live.current();
             self.generation = generation;
             self.select_active();
+            changed = true;
         }
-        if let Some(app) = application_name {
+        if let Some(app) = application_name.filter(|app| *app != self.facts.application_name) {
             self.facts.application_name = app;
+            changed = true;
         }
-        self.routes = self
-            .active
-            .iter()
-            .map(|&i| routing::decide(&self.config.migrations[i], &self.facts).route)
-            .collect();
-        self.update_fingerprint();
+        // Routes depend only on the config and the session's facts: most transactions change neither.
+        if changed {
+            self.facts_changed = false;
+            self.routes = self
+                .active
+                .iter()
+                .map(|&i| routing::decide(&self.config.migrations[i], &self.facts).route)
+                .collect();
+            self.update_fingerprint();
+        }
         if self.active.is_empty() || self.schema_generation == Some(self.generation) {
             return None;
         }
@@ -188,6 +200,7 @@ impl Statements {
             }
         }
         self.schema_generation = Some(self.generation);
+        self.schema_hash = Self::hash_schema(&self.schema);
         self.update_fingerprint();
     }
 
@@ -204,19 +217,28 @@ impl Statements {
             .wrapping_mul(0x2545_f491_4f6c_dd1d);
         self.fingerprint = h;
         use std::hash::{Hash, Hasher};
-        let mut key = std::collections::hash_map::DefaultHasher::new();
+        let mut key = rustc_hash::FxHasher::default();
         self.config.epoch.hash(&mut key);
         self.active.hash(&mut key);
         for r in &self.routes {
             (*r == Route::New).hash(&mut key);
         }
-        let mut tables: Vec<_> = self.schema.columns.iter().collect();
+        self.schema_hash.hash(&mut key);
+        self.plan_key = key.finish();
+    }
+
+    /// A content hash of the catalog, computed once per lookup (plans are shared between sessions whose
+    /// catalogs agree).
+    fn hash_schema(schema: &Schema) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut key = rustc_hash::FxHasher::default();
+        let mut tables: Vec<_> = schema.columns.iter().collect();
         tables.sort_by_key(|(name, _)| name.to_string());
         tables.hash(&mut key);
-        let mut names: Vec<_> = self.schema.unqualified.iter().collect();
+        let mut names: Vec<_> = schema.unqualified.iter().collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         names.hash(&mut key);
-        self.plan_key = key.finish();
+        key.finish()
     }
 
     fn plan(&self, sql: &str) -> Arc<Plan> {
@@ -224,6 +246,22 @@ impl Statements {
             LazyLock::new(|| Arc::new(Plan::Forward { actions: vec![] }));
         if !self.prefilter.matches(sql) {
             return FORWARD.clone();
+        }
+        // Before any read is shifted, a statement that can only read is forwarded as is: no parse needed.
+        if self.routes.iter().all(|r| *r == Route::Old) && read_only_select(sql) {
+            let actions = self
+                .prefilter
+                .mentioned(sql)
+                .into_iter()
+                .filter_map(|i| self.active.get(i))
+                .map(|&i| rewrite::Action {
+                    migration: self.config.migrations[i].name.as_str().into(),
+                    what: "read_old",
+                })
+                .collect();
+            let plan = Plan::Forward { actions };
+            record(&plan);
+            return Arc::new(plan);
         }
         let targets: Vec<Target<'_>> = self
             .active
@@ -272,8 +310,9 @@ impl Statements {
             match name.as_str() {
                 "pgshift.key" => self.facts.key_setting = value,
                 "pgshift.context" => self.facts.context = value,
-                _ => {}
+                _ => continue,
             }
+            self.facts_changed = true;
         }
     }
 
@@ -439,6 +478,24 @@ impl Statements {
     }
 }
 
+/// A single SELECT with nothing in it that could write: no `;`, no data-modifying or locking keyword.
+/// Conservative: a column named `updated_at` just means the statement takes the parser's path.
+fn read_only_select(sql: &str) -> bool {
+    static WRITES: LazyLock<AhoCorasick> = LazyLock::new(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build([
+                "insert", "update", "delete", "merge", "copy", "truncate", "into", "call", ";",
+                "do", "lock",
+            ])
+            .expect("fixed patterns")
+    });
+    let trimmed = sql.trim_start();
+    trimmed.len() > 6
+        && trimmed[..6].eq_ignore_ascii_case("select")
+        && !WRITES.is_match(sql.trim_end().trim_end_matches(';'))
+}
+
 fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry {
     let respond = match shape {
         Some(shape @ Shape::Dml { .. }) => Respond::Single(shape),
@@ -469,33 +526,25 @@ fn refused(refusal: &rewrite::Refusal) -> Bytes {
 }
 
 fn record(plan: &Plan) {
+    use crate::metrics::migration_counter;
     if let Plan::Refuse(r) = plan {
-        metrics::counter!(
+        migration_counter(
             STATEMENTS_REFUSED,
-            "migration" => r.migration.clone(),
-            "reason" => rewrite::reason_code(&r.reason)
+            &r.migration,
+            "reason",
+            rewrite::reason_code(&r.reason),
         )
         .increment(1);
         tracing::info!(migration = %r.migration, reason = %r.reason, "statement refused");
     }
     for action in plan.actions() {
-        let migration = action.migration.clone();
-        match action.what {
-            "read_new" => {
-                metrics::counter!(READS, "migration" => migration, "route" => "new").increment(1)
-            }
-            "read_old" => {
-                metrics::counter!(READS, "migration" => migration, "route" => "old").increment(1)
-            }
-            "read_unrewritable" => {
-                metrics::counter!(READS, "migration" => migration, "route" => "old_unrewritable")
-                    .increment(1)
-            }
-            what => {
-                metrics::counter!(STATEMENTS_REWRITTEN, "migration" => migration, "kind" => what)
-                    .increment(1)
-            }
-        }
+        let (metric, label, value) = match action.what {
+            "read_new" => (READS, "route", "new"),
+            "read_old" => (READS, "route", "old"),
+            "read_unrewritable" => (READS, "route", "old_unrewritable"),
+            what => (STATEMENTS_REWRITTEN, "kind", what),
+        };
+        migration_counter(metric, &action.migration, label, value).increment(1);
     }
 }
 
@@ -549,6 +598,24 @@ pub fn settings_from_options(options: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_only_selects() {
+        assert!(read_only_select(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42;"
+        ));
+        assert!(read_only_select("  select * from users"));
+        for sql in [
+            "SELECT 1; UPDATE users SET x = 1",
+            "SELECT * INTO copy FROM users",
+            "SELECT * FROM users FOR UPDATE",
+            "WITH d AS (DELETE FROM users RETURNING *) SELECT * FROM d",
+            "UPDATE users SET x = 1",
+            "SELECT updated_at FROM users",
+        ] {
+            assert!(!read_only_select(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn settings_are_read_from_set_and_options() {

@@ -47,7 +47,8 @@ pub struct Context<'a> {
 /// Something the plan did, for metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
-    pub migration: String,
+    /// Shared, so handing it to metrics and latency labels per statement is a reference-count bump.
+    pub migration: std::sync::Arc<str>,
     /// `dual_write`, `read_new`, `read_old`, `read_unrewritable`.
     pub what: &'static str,
 }
@@ -200,7 +201,7 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
 
 fn action(target: &Target<'_>, what: &'static str) -> Action {
     Action {
-        migration: target.migration.name.clone(),
+        migration: target.migration.name.as_str().into(),
         what,
     }
 }
