@@ -90,7 +90,7 @@ pub struct ClientPump<'s> {
 }
 
 /// A frame seen by the scan, processed after it (processing may wait for the catalog).
-enum Seen2 {
+enum Scanned {
     Whole { tag: u8, at: usize, len: usize },
     Streamed(u8),
 }
@@ -148,13 +148,13 @@ impl<'s> ClientPump<'s> {
                         let (tag, item) = match s {
                             Seen::Frame(tag, frame, at) => (
                                 tag,
-                                Seen2::Whole {
+                                Scanned::Whole {
                                     tag,
                                     at,
                                     len: frame.len(),
                                 },
                             ),
-                            Seen::Streamed(h) => (h.tag, Seen2::Streamed(h.tag)),
+                            Seen::Streamed(h) => (h.tag, Scanned::Streamed(h.tag)),
                         };
                         handles.message(tag).increment(1);
                         seen.push(item);
@@ -172,7 +172,7 @@ impl<'s> ClientPump<'s> {
                 } else {
                     for item in &seen {
                         let tag = match item {
-                            Seen2::Whole { tag, .. } | Seen2::Streamed(tag) => *tag,
+                            Scanned::Whole { tag, .. } | Scanned::Streamed(tag) => *tag,
                         };
                         if let Some(request) = Request::from_tag(tag) {
                             self.send(Entry::forward(request));
@@ -205,7 +205,7 @@ impl<'s> ClientPump<'s> {
     /// The migration path: SQL-carrying messages go through [`Statements`]; everything else is copied as is.
     async fn rewrite_batch<W: AsyncWrite + Unpin>(
         &mut self,
-        seen: &[Seen2],
+        seen: &[Scanned],
         len: usize,
         upstream: &mut W,
     ) -> Result<(), SessionError> {
@@ -213,8 +213,8 @@ impl<'s> ClientPump<'s> {
         let mut copied = 0;
         let mut first = true;
         for item in seen {
-            let Seen2::Whole { tag, at, len: flen } = *item else {
-                if let Seen2::Streamed(tag) = item {
+            let Scanned::Whole { tag, at, len: flen } = *item else {
+                if let Scanned::Streamed(tag) = item {
                     if let Some(request) = Request::from_tag(*tag) {
                         self.send(Entry::forward(request));
                     }

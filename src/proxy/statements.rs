@@ -83,7 +83,8 @@ struct Prepared {
     types: Bytes,
     shape: Shape,
     label: Option<Label>,
-    fingerprint: u64,
+    /// The session's plan key when this statement was planned.
+    plan_key: u64,
 }
 
 pub struct Statements {
@@ -103,8 +104,6 @@ pub struct Statements {
     schema_hash: u64,
     /// A SET of pgshift.key/context since routes were last decided.
     facts_changed: bool,
-    /// Changes whenever plans may change: config, catalog, routes.
-    fingerprint: u64,
     statements: HashMap<Vec<u8>, Prepared>,
     portals: HashMap<Vec<u8>, (Shape, Option<Label>)>,
 }
@@ -126,7 +125,6 @@ impl Statements {
             prefilter: Prefilter::new([]),
             schema_hash: 0,
             facts_changed: false,
-            fingerprint: 0,
             statements: HashMap::new(),
             portals: HashMap::new(),
         };
@@ -178,7 +176,7 @@ impl Statements {
                 .iter()
                 .map(|&i| routing::decide(&self.config.migrations[i], &self.facts).route)
                 .collect();
-            self.update_fingerprint();
+            self.update_plan_key();
         }
         if self.active.is_empty() || self.schema_generation == Some(self.generation) {
             return None;
@@ -201,21 +199,12 @@ impl Statements {
         }
         self.schema_generation = Some(self.generation);
         self.schema_hash = Self::hash_schema(&self.schema);
-        self.update_fingerprint();
+        self.update_plan_key();
     }
 
-    fn update_fingerprint(&mut self) {
-        let mut h: u64 = self.generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        for (i, r) in self.routes.iter().enumerate() {
-            if *r == Route::New {
-                h ^= 1u64.rotate_left(i as u32);
-            }
-        }
-        h ^= self
-            .schema_generation
-            .unwrap_or(u64::MAX)
-            .wrapping_mul(0x2545_f491_4f6c_dd1d);
-        self.fingerprint = h;
+    /// Everything a plan depends on besides the SQL. Also how prepared statements know they are stale: a plan
+    /// made under another key may differ from the one the current config, routes and catalog give.
+    fn update_plan_key(&mut self) {
         use std::hash::{Hash, Hasher};
         let mut key = rustc_hash::FxHasher::default();
         self.config.epoch.hash(&mut key);
@@ -359,7 +348,7 @@ impl Statements {
                 types: Bytes::copy_from_slice(types),
                 shape,
                 label,
-                fingerprint: self.fingerprint,
+                plan_key: self.plan_key,
             },
         );
         Ok(Entry {
@@ -409,11 +398,11 @@ impl Statements {
         entries: &mut Vec<Entry>,
     ) -> Result<(), FrameError> {
         let (portal, statement) = messages::bind_names(frame)?;
-        let fingerprint = self.fingerprint;
+        let plan_key = self.plan_key;
         let stale = self
             .statements
             .get(statement)
-            .filter(|p| p.fingerprint != fingerprint)
+            .filter(|p| p.plan_key != plan_key)
             .map(|p| (p.query.clone(), p.types.clone()));
         if let Some((query, types)) = stale {
             encode::close_statement(out, statement);
@@ -431,7 +420,7 @@ impl Statements {
             if let Some(p) = self.statements.get_mut(statement) {
                 p.shape = shape;
                 p.label = label;
-                p.fingerprint = fingerprint;
+                p.plan_key = plan_key;
             }
         }
         let portal_info = self
