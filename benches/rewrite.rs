@@ -1,6 +1,7 @@
 //! The SQL path's cost: the prefilter on statements that name no migrated table (short and 2 KB), a cold plan
-//! (parse + rewrite) and a cached plan, for a SELECT, an INSERT … RETURNING, an upsert and an UPDATE, against a
-//! config with 1 and with 50 migrations. `cargo bench --bench rewrite`.
+//! (parse + rewrite), a cached plan, and a cached plan for the same statement with its constants inlined (the
+//! lifted lookup `-M simple` clients get), for a SELECT, an INSERT … RETURNING, an upsert and an UPDATE, against
+//! a config with 1 and with 50 migrations. `cargo bench --bench rewrite`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pgshift::config::migration::TableName;
@@ -67,6 +68,21 @@ const STATEMENTS: [(&str, &str); 4] = [
     ("update", "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2"),
 ];
 
+/// The same statements as `pgbench -M simple` sends them: constants inlined, a new text every time.
+const INLINED: [(&str, &str); 4] = [
+    ("select", "SELECT abalance FROM pgbench_accounts WHERE aid = 48213"),
+    (
+        "insert_returning",
+        "INSERT INTO pgbench_accounts (aid, bid, abalance, filler) VALUES (1000001, 1, 0, 'x') RETURNING aid, abalance",
+    ),
+    (
+        "upsert",
+        "INSERT INTO pgbench_accounts (aid, bid, abalance) VALUES (17, 1, -250) \
+         ON CONFLICT (aid) DO UPDATE SET abalance = EXCLUDED.abalance",
+    ),
+    ("update", "UPDATE pgbench_accounts SET abalance = abalance + -4211 WHERE aid = 48213"),
+];
+
 fn long_statement() -> String {
     let mut sql = String::from("SELECT b.bid, b.bbalance, t.tid, t.tbalance");
     let mut i = 0;
@@ -130,6 +146,18 @@ fn benches(c: &mut Criterion) {
                 });
             }
             cached.finish();
+            // Inlined constants: looked up by the lifted text, constants put back into the rewritten SQL.
+            let mut inlined = c.benchmark_group(format!(
+                "inlined_constants_{n}_migrations_reads_{route_name}"
+            ));
+            for (name, sql) in INLINED {
+                let key = 0xbf_0000 + n as u64 + if route == Route::New { 1000 } else { 0 };
+                cache::plan(key, sql, |text| plan(text, &ctx));
+                inlined.bench_with_input(BenchmarkId::from_parameter(name), sql, |b, sql| {
+                    b.iter(|| cache::plan(key, black_box(sql), |_| unreachable!("warm cache")))
+                });
+            }
+            inlined.finish();
         }
     }
 }

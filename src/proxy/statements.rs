@@ -261,9 +261,9 @@ impl Statements {
                 route,
             })
             .collect();
-        let plan = cache::get_or_plan(self.plan_key, sql, || {
+        let plan = cache::plan(self.plan_key, sql, |text| {
             rewrite::plan(
-                sql,
+                text,
                 &Context {
                     targets: &targets,
                     schema: &self.schema,

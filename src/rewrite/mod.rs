@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod catalog;
 pub mod dual_write;
+pub mod literals;
 pub mod new_primary;
 pub mod prefilter;
 pub mod read_route;
