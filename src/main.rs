@@ -82,22 +82,11 @@ struct OverrideArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match std::env::var("PGSHIFT_THREADS")
-        .ok()
-        .and_then(|t| t.parse::<usize>().ok())
-    {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(n) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    }
-    .expect("the tokio runtime starts");
+    // Accepting, signals, reloads and /metrics; sessions run on `listen.workers` threads of their own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime starts");
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

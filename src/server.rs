@@ -21,6 +21,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Tls(#[from] TlsSetupError),
+    #[error("cannot start the session threads: {0}")]
+    Workers(std::io::Error),
 }
 
 pub struct Running {
@@ -72,7 +74,8 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
         None => None,
     };
     background.extend(reload::watch_file(handle.clone()));
-    let task = tokio::spawn(proxy::serve(listener, handle.clone(), control_rx));
+    let workers = proxy::workers::Workers::start(config.workers).map_err(StartError::Workers)?;
+    let task = tokio::spawn(proxy::serve(listener, handle.clone(), control_rx, workers));
     Ok(Running {
         addr,
         metrics_addr,

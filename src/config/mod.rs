@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub max_connections: usize,
+    /// Session threads (at least 1).
+    pub workers: usize,
     pub client_tls: Option<ClientTls>,
     pub upstream: Upstream,
     pub metrics_addr: Option<SocketAddr>,
@@ -195,6 +197,10 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<Strin
         (Some(listen_addr), Some(target)) if problems.is_empty() => Ok(Config {
             listen_addr,
             max_connections: raw.listen.max_connections,
+            workers: match raw.listen.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
             client_tls,
             upstream: Upstream { target, tls },
             metrics_addr,
@@ -402,6 +408,7 @@ mod tests {
             "server_name",
             "ca_file",
             "max_connections",
+            "workers",
             "drain",
         ] {
             assert!(text.contains(key), "example config does not mention {key}");

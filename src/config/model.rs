@@ -31,6 +31,9 @@ pub struct ListenSection {
     /// Client connections over this are refused with SQLSTATE 53300.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Threads that run sessions; 0 (the default) means one per CPU.
+    #[serde(default)]
+    pub workers: usize,
     pub tls: Option<ClientTlsSection>,
 }
 
@@ -39,6 +42,7 @@ impl Default for ListenSection {
         ListenSection {
             addr: default_listen_addr(),
             max_connections: default_max_connections(),
+            workers: 0,
             tls: None,
         }
     }

@@ -160,6 +160,9 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.max_connections != new.max_connections {
         keys.push("listen.max_connections");
     }
+    if old.workers != new.workers {
+        keys.push("listen.workers");
+    }
     if format!("{:?}", old.client_tls) != format!("{:?}", new.client_tls) {
         keys.push("listen.tls");
     }

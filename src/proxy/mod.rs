@@ -8,6 +8,7 @@ pub mod session;
 pub mod statements;
 pub mod stream;
 pub mod upstream;
+pub mod workers;
 
 use crate::config::model::ClientTlsMode;
 use crate::config::reload::ConfigHandle;
@@ -17,7 +18,7 @@ use crate::protocol::tls::{self, TlsSetupError, UpstreamTls};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn, Instrument};
@@ -85,6 +86,7 @@ pub async fn serve(
     listener: TcpListener,
     live: Arc<ConfigHandle>,
     mut control: watch::Receiver<Phase>,
+    workers: workers::Workers,
 ) -> Result<(), TlsSetupError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let shared = Arc::new(Shared::new(live, phase_rx)?);
@@ -113,10 +115,21 @@ pub async fn serve(
                 };
                 metrics::counter!(CONNECTIONS_TOTAL).increment(1);
                 let id = ids.fetch_add(1, Ordering::Relaxed);
+                // Handed over unregistered: the session registers it with its own thread's event loop.
+                let tcp = match tcp.into_std() {
+                    Ok(tcp) => tcp,
+                    Err(e) => {
+                        warn!(error = %e, "cannot hand over an accepted connection");
+                        continue;
+                    }
+                };
                 let shared = shared.clone();
                 let alive = alive_tx.clone();
-                tokio::spawn(async move {
-                    session::run(shared, tcp, peer).await;
+                workers.spawn(async move {
+                    match TcpStream::from_std(tcp) {
+                        Ok(tcp) => session::run(shared, tcp, peer).await,
+                        Err(e) => warn!(error = %e, "cannot register an accepted connection"),
+                    }
                     drop(alive);
                 }.instrument(tracing::info_span!("conn", id)));
             }
