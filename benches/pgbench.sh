@@ -8,11 +8,14 @@
 # Targets:
 #   direct         PostgreSQL itself
 #   pgbouncer      PgBouncer, session pooling
-#   pgshift        pgshift with no migration (passthrough)
+#   pgshift        pgshift with no migration (passthrough), WORKERS session threads (default 1: PgBouncer runs one
+#                  thread, so CPU per transaction compares like with like)
+#   pgshift_percpu the same with pgshift's default of one session thread per CPU
 #   dual           pgshift with a table migration on pgbench_accounts (abalance → v2.pgbench_accounts.balance),
 #                  writes = dual_write, reads on old
 #   dual_read50    the same with reads.new_percent = 50: half the clients (by routing key) read the new table
 #   by_hand        direct, running the statements pgshift sends for `dual` (the dual write done by hand)
+#   by_hand_pgbouncer  the same script through PgBouncer: the dual write by hand behind the other proxy
 #
 # A throwaway cluster is created and removed. Rounds interleave the targets because a shared machine is noisy;
 # the report gives median TPS, median latency, the ratio to direct, and each proxy's CPU time per transaction
@@ -27,7 +30,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 WORKLOADS=${WORKLOADS:-"select-only tpcb-like"}
 MODES=${MODES:-"simple extended prepared"}
-TARGETS=${TARGETS:-"direct pgbouncer pgshift dual dual_read50 by_hand"}
+TARGETS=${TARGETS:-"direct pgbouncer pgshift pgshift_percpu dual dual_read50 by_hand by_hand_pgbouncer"}
+WORKERS=${WORKERS:-1}
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$bindir/initdb" ] || { echo "PostgreSQL server binaries not found: apt-get install postgresql" >&2; exit 1; }
@@ -89,6 +93,7 @@ chown -R postgres "$work" 2>/dev/null || true
 bouncer_user=(); [ "$(id -u)" = 0 ] && bouncer_user=(-u postgres)
 pgbouncer -q "${bouncer_user[@]}" "$work/pgbouncer.ini" & pids+=($!)
 port[pgbouncer]=$bouncer_port; pid[pgbouncer]=$!
+port[by_hand_pgbouncer]=$bouncer_port; pid[by_hand_pgbouncer]=$!
 
 migration() {
   cat <<TOML
@@ -105,16 +110,17 @@ new_percent = $1
 key = "setting"
 TOML
 }
-start_pgshift() { # name, extra config
+start_pgshift() { # name, workers, extra config
   local name=$1 p; p=$(free_port)
-  printf '[listen]\naddr = "127.0.0.1:%s"\n[upstream]\naddr = "127.0.0.1:%s"\n[upstream.tls]\nmode = "disable"\n[log]\nlevel = "warn"\n%s\n' \
-    "$p" "$pg_port" "$2" > "$work/$name.toml"
+  printf '[listen]\naddr = "127.0.0.1:%s"\nworkers = %s\n[upstream]\naddr = "127.0.0.1:%s"\n[upstream.tls]\nmode = "disable"\n[log]\nlevel = "warn"\n%s\n' \
+    "$p" "$2" "$pg_port" "$3" > "$work/$name.toml"
   "$pgshift_bin" serve --config "$work/$name.toml" 2>"$work/$name.log" & pids+=($!)
   port[$name]=$p; pid[$name]=$!
 }
-start_pgshift pgshift ""
-start_pgshift dual "$(migration 0)"
-start_pgshift dual_read50 "$(migration 50)"
+start_pgshift pgshift "$WORKERS" ""
+start_pgshift pgshift_percpu 0 ""
+start_pgshift dual "$WORKERS" "$(migration 0)"
+start_pgshift dual_read50 "$WORKERS" "$(migration 50)"
 sleep 1
 
 # dual_read50: the routing key is the session setting pgshift.key; pick one key routed to new and one to old
@@ -156,7 +162,7 @@ bench() { # target workload mode
   local target=$1 workload=$2 mode=$3 script=()
   case "$workload" in
     select-only) script=(-b select-only) ;;
-    tpcb-like) if [ "$target" = by_hand ]; then script=(-f "$work/by_hand_tpcb.sql"); else script=(-b tpcb-like); fi ;;
+    tpcb-like) if [ "${target#by_hand}" != "$target" ]; then script=(-f "$work/by_hand_tpcb.sql"); else script=(-b tpcb-like); fi ;;
   esac
   local common=(-n -M "$mode" -j 1 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "${port[$target]}" -U postgres postgres)
   if [ "$target" = dual_read50 ]; then
