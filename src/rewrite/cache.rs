@@ -26,9 +26,13 @@ static LIFTED: Map<Option<Arc<LiftedPlan>>> = LazyLock::new(Default::default);
 
 /// A plan made for a lifted text. Forward plans apply as they are; rewrites need the constants put back.
 #[derive(Debug)]
-struct LiftedPlan {
-    plan: Arc<Plan>,
-    template: Option<Template>,
+enum LiftedPlan {
+    Forward(Arc<Plan>),
+    Rewrite {
+        template: Template,
+        shapes: Vec<super::Shape>,
+        actions: Vec<super::Action>,
+    },
 }
 
 impl LiftedPlan {
@@ -42,38 +46,31 @@ impl LiftedPlan {
             {
                 None
             }
-            Plan::Forward { .. } => Some(LiftedPlan {
-                plan: Arc::new(plan),
-                template: None,
-            }),
+            Plan::Forward { .. } => Some(LiftedPlan::Forward(Arc::new(plan))),
             Plan::Rewrite {
                 sql,
                 shapes,
                 actions,
-            } => Some(LiftedPlan {
-                template: Some(Template::new(sql, count)?),
-                plan: Arc::new(Plan::Rewrite {
-                    sql: String::new(),
-                    shapes,
-                    actions,
-                }),
+            } => Some(LiftedPlan::Rewrite {
+                template: Template::new(sql, count)?,
+                shapes,
+                actions,
             }),
         }
     }
 
     fn apply(&self, values: &[&str]) -> Arc<Plan> {
-        match (&*self.plan, &self.template) {
-            (
-                Plan::Rewrite {
-                    shapes, actions, ..
-                },
-                Some(template),
-            ) => Arc::new(Plan::Rewrite {
+        match self {
+            LiftedPlan::Forward(plan) => plan.clone(),
+            LiftedPlan::Rewrite {
+                template,
+                shapes,
+                actions,
+            } => Arc::new(Plan::Rewrite {
                 sql: template.render(values),
                 shapes: shapes.clone(),
                 actions: actions.clone(),
             }),
-            _ => self.plan.clone(),
         }
     }
 }

@@ -8,6 +8,7 @@
 //! The lexer is deliberately narrow: anything it is not sure about (parameters, dollar quotes, escape strings,
 //! backslashes, numbers glued to names) makes [`lift`] return `None`, and the caller plans the text as it is.
 
+use std::fmt::Write;
 use std::ops::Range;
 
 /// A statement with its constants replaced by `$1…$n`.
@@ -37,6 +38,15 @@ const EXPRESSION_KEYWORDS: &[&str] = &[
 
 fn is_ident_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+}
+
+/// End of a name (keyword or identifier) starting at `start`.
+fn ident_end(sql: &[u8], start: usize) -> usize {
+    start
+        + sql[start..]
+            .iter()
+            .position(|&b| !is_ident_byte(b))
+            .unwrap_or(sql.len() - start)
 }
 
 /// End of a `'…'` constant starting at `start` (the quote), or `None` if unterminated or holding a backslash
@@ -162,13 +172,7 @@ pub fn lift(sql: &str) -> Option<Lifted<'_>> {
             }
             b'$' => return None,
             b'"' => (quoted_ident_end(bytes, i)?, false),
-            _ if is_ident_byte(b) => {
-                let mut end = i;
-                while end < bytes.len() && is_ident_byte(bytes[end]) {
-                    end += 1;
-                }
-                (end, false)
-            }
+            _ if is_ident_byte(b) => (ident_end(bytes, i), false),
             _ => (i + 1, false),
         };
         let token = &sql[i..end];
@@ -194,8 +198,7 @@ pub fn lift(sql: &str) -> Option<Lifted<'_>> {
         if constant && before == Before::Operator {
             text.push_str(&sql[copied..i]);
             values.push(token);
-            text.push('$');
-            text.push_str(itoa(values.len()).as_str());
+            let _ = write!(text, "${}", values.len());
             copied = end;
         }
         before = match b {
@@ -219,10 +222,6 @@ pub fn lift(sql: &str) -> Option<Lifted<'_>> {
     }
     text.push_str(&sql[copied..]);
     Some(Lifted { text, values })
-}
-
-fn itoa(n: usize) -> String {
-    n.to_string()
 }
 
 /// A rewritten statement with `$k` references to lifted constants: text pieces and parameter numbers.
@@ -273,13 +272,7 @@ impl Template {
                     copied = i + 1 + digits;
                     copied
                 }
-                b if is_ident_byte(b) => {
-                    let mut end = i;
-                    while end < bytes.len() && is_ident_byte(bytes[end]) {
-                        end += 1;
-                    }
-                    end
-                }
+                b if is_ident_byte(b) => ident_end(bytes, i),
                 _ => i + 1,
             };
         }
