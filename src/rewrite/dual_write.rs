@@ -7,7 +7,7 @@
 
 use super::shape::{DmlTag, Shape};
 use super::sqltext::{fold, quote_ident};
-use super::{refuse, Refusal, Schema, Target};
+use super::{refuse, splice, Refusal, Schema, Source, Target};
 use crate::config::migration::{Migration, MigrationKind, TableName};
 use sqlparser::ast::{
     visit_expressions, visit_expressions_mut, Assignment, AssignmentTarget, Expr, FromTable, Ident,
@@ -21,6 +21,8 @@ use std::ops::ControlFlow;
 
 const OLD_CTE: &str = "__pgshift_old";
 const NEW_CTE: &str = "__pgshift_new";
+/// The never-evaluated column that makes Postgres check the client's RETURNING list in RETURNING context.
+const CHECK_COLUMN: &str = "__pgshift_check";
 
 pub fn rewrite(
     statement: Statement,
@@ -28,6 +30,7 @@ pub fn rewrite(
     tag: DmlTag,
     target: &Target<'_>,
     schema: &Schema,
+    source: &Source<'_>,
 ) -> Result<(String, Shape), Refusal> {
     let m = target.migration;
     check_key_not_updated(&statement, m).map_err(|r| refuse(target, r))?;
@@ -36,7 +39,7 @@ pub fn rewrite(
         MigrationKind::Table if new_primary => {
             super::new_primary::rewrite(statement, with, tag, target, schema)
         }
-        MigrationKind::Table => table_kind(statement, with, tag, target, schema),
+        MigrationKind::Table => table_kind(statement, tag, target, schema, source),
         MigrationKind::Column => {
             let stmt =
                 column_kind(statement, m, schema, new_primary).map_err(|r| refuse(target, r))?;
@@ -236,10 +239,10 @@ fn check_returning(
 
 fn table_kind(
     mut statement: Statement,
-    with: Option<With>,
     tag: DmlTag,
     target: &Target<'_>,
     schema: &Schema,
+    source: &Source<'_>,
 ) -> Result<(String, Shape), Refusal> {
     let m = target.migration;
     let fail = |reason: String| refuse(target, reason);
@@ -256,7 +259,25 @@ fn table_kind(
     if let Some(items) = &returning {
         check_returning(items, &alias, old_cols, has_other_tables).map_err(fail)?;
     }
-    let inner = format!("{statement} RETURNING {alias}.*");
+    let parts = splice::dml_parts(source.text, source.offset, source.node).map_err(fail)?;
+    let text = source.text;
+    // The client's RETURNING expressions stay in the statement's own RETURNING, where Postgres rejects what it
+    // rejects there (aggregates, window and set-returning functions), but in a branch that is never evaluated:
+    // the values come from the outer SELECT, once per row.
+    let check = if parts.returning_exprs.is_empty() {
+        String::new()
+    } else {
+        let exprs: Vec<&str> = parts
+            .returning_exprs
+            .iter()
+            .map(|r| &text[r.clone()])
+            .collect();
+        format!(
+            ", CASE WHEN false THEN ROW({}) END AS {CHECK_COLUMN}",
+            exprs.join(", ")
+        )
+    };
+    let inner = format!("{} RETURNING {alias}.*{check}", &text[parts.body.clone()]);
 
     let key = new_key(m);
     let mirror = match tag {
@@ -270,16 +291,28 @@ fn table_kind(
             delete_matching(&new_table, OLD_CTE, &pairs)
         }
     };
-    Ok(assemble(
-        with,
-        [
-            format!("{OLD_CTE} AS ({inner})"),
-            format!("{NEW_CTE} AS ({mirror})"),
-        ],
-        returning,
-        &format!("{OLD_CTE} AS {alias}"),
+    // Without the check column, the CTE has exactly the old table's columns; with it, a derived table hides it.
+    let from = if check.is_empty() {
+        format!("{OLD_CTE} AS {alias}")
+    } else {
+        let cols: Vec<String> = old_cols.iter().map(|c| quote_ident(c)).collect();
+        format!("(SELECT {} FROM {OLD_CTE}) AS {alias}", cols.join(", "))
+    };
+    let client_ctes = parts
+        .ctes
+        .map(|r| format!("{}, ", &text[r]))
+        .unwrap_or_default();
+    let list = parts.returning.map(|r| &text[r]).unwrap_or("");
+    let sql = format!(
+        "WITH {}{client_ctes}{OLD_CTE} AS ({inner}), {NEW_CTE} AS ({mirror}) SELECT {list}{}FROM {from}",
+        if parts.recursive { "RECURSIVE " } else { "" },
+        if list.is_empty() { "" } else { " " },
+    );
+    let shape = Shape::Dml {
         tag,
-    ))
+        returning: returning.is_some(),
+    };
+    Ok((sql, shape))
 }
 
 /// `INSERT INTO table (cols) SELECT exprs FROM source ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c, …`:
@@ -698,7 +731,7 @@ mod tests {
             sql,
             format!(
                 "WITH __pgshift_old AS (INSERT INTO users (fullname, email) VALUES ($1, $2) RETURNING users.*), \
-                 __pgshift_new AS ({UPSERT}) SELECT  FROM __pgshift_old AS users"
+                 __pgshift_new AS ({UPSERT}) SELECT FROM __pgshift_old AS users"
             )
         );
         assert_eq!(
@@ -718,10 +751,14 @@ mod tests {
         );
         assert!(sql.starts_with(
             "WITH __pgshift_old AS (INSERT INTO public.users AS u (id, fullname) VALUES (1, 'a'), (2, 'b') \
-             ON CONFLICT(id) DO UPDATE SET fullname = EXCLUDED.fullname RETURNING u.*), __pgshift_new AS ("
+             ON CONFLICT (id) DO UPDATE SET fullname = EXCLUDED.fullname RETURNING u.*, \
+             CASE WHEN false THEN ROW(u.id, upper(fullname)) END AS __pgshift_check), __pgshift_new AS ("
         ), "{sql}");
         assert!(
-            sql.ends_with(") SELECT u.id, upper(fullname) AS f FROM __pgshift_old AS u"),
+            sql.ends_with(
+                ") SELECT u.id, upper(fullname) AS f \
+                 FROM (SELECT id, fullname, email, created_at FROM __pgshift_old) AS u"
+            ),
             "{sql}"
         );
         assert_eq!(
@@ -756,7 +793,7 @@ mod tests {
             sql,
             "WITH __pgshift_old AS (DELETE FROM users u USING banned b WHERE u.email = b.email RETURNING u.*), \
              __pgshift_new AS (DELETE FROM v2.users AS __pgshift_t USING __pgshift_old \
-             WHERE __pgshift_t.id = __pgshift_old.id) SELECT  FROM __pgshift_old AS u"
+             WHERE __pgshift_t.id = __pgshift_old.id) SELECT FROM __pgshift_old AS u"
         );
     }
 
@@ -782,7 +819,7 @@ mod tests {
         }
         let (sql, _) = users("UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id RETURNING users.id, email");
         assert!(
-            sql.ends_with("SELECT users.id, email FROM __pgshift_old AS users"),
+            sql.ends_with("SELECT users.id, email FROM (SELECT id, fullname, email, created_at FROM __pgshift_old) AS users"),
             "{sql}"
         );
     }

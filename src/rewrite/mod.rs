@@ -7,9 +7,11 @@ pub mod catalog;
 pub mod dual_write;
 pub mod literals;
 pub mod new_primary;
+pub mod pg;
 pub mod prefilter;
 pub mod read_route;
 pub mod shape;
+pub mod splice;
 pub mod sqltext;
 
 use crate::config::migration::{Migration, TableName, WriteMode};
@@ -114,6 +116,9 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn reason_code(reason: &str) -> &'static str {
     const CODES: &[(&str, &str)] = &[
         ("cannot parse", "parse_error"),
+        ("reads this statement differently", "misread"),
+        ("DO block", "opaque_code"),
+        ("function or procedure body", "opaque_code"),
         ("MERGE", "merge"),
         ("TRUNCATE", "truncate"),
         ("COPY", "copy"),
@@ -144,6 +149,10 @@ fn writes_active(target: &Target<'_>) -> bool {
 }
 
 /// Plans one client message (one or more statements separated by `;`).
+///
+/// Postgres's grammar ([`pg`]) cuts the text into statements and has the last word on what each means;
+/// sqlparser's AST drives the rewrite only where its reading is proven to be Postgres's. Statements that need
+/// no change go upstream byte for byte, whatever else the message holds.
 pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
     let mentioned: Vec<&Target<'_>> = ctx
         .prefilter
@@ -154,50 +163,134 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
     if mentioned.is_empty() {
         return Plan::Forward { actions: vec![] };
     }
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) => statements,
-        Err(e) => {
-            // Fail closed: a statement we cannot read may write a migrated table.
-            if let Some(t) = mentioned.iter().find(|t| writes_active(t)) {
-                return Plan::Refuse(refuse(
-                    t,
-                    format!("pgshift cannot parse the statement ({e}), so it cannot tell whether it writes {}", t.migration.table),
-                ));
-            }
-            let actions = mentioned
-                .iter()
-                .map(|t| action(t, "read_unrewritable"))
-                .collect();
-            return Plan::Forward { actions };
-        }
+    // Postgres's own parser rejects it: so will the server, before anything runs, with its own error.
+    let Ok(pg_statements) = pg::parse(sql) else {
+        return Plan::Forward { actions: vec![] };
     };
-    let mut changed = false;
-    let mut texts = Vec::with_capacity(statements.len());
+    if let Some(refusal) = opaque_code(&pg_statements, ctx) {
+        return Plan::Refuse(refusal);
+    }
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(statements) if statements.len() == pg_statements.len() => statements,
+        Ok(_) => {
+            return unreadable(
+                sql,
+                &pg_statements,
+                ctx,
+                "it splits the text into statements differently",
+            )
+        }
+        Err(e) => return unreadable(sql, &pg_statements, ctx, &e.to_string()),
+    };
+    let mut pieces: Vec<(std::ops::Range<usize>, String)> = Vec::new();
     let mut shapes = Vec::with_capacity(statements.len());
     let mut actions = Vec::new();
-    for statement in statements {
-        match plan_statement(statement, ctx, &mut actions) {
-            Ok(Planned::Unchanged(stmt)) => {
-                texts.push(stmt.to_string());
-                shapes.push(Shape::Same);
-            }
+    for (statement, pg_statement) in statements.into_iter().zip(&pg_statements) {
+        let source = Source {
+            text: &sql[pg_statement.range.clone()],
+            offset: pg_statement.range.start,
+            node: &pg_statement.node,
+        };
+        let printed = statement.to_string();
+        let before = actions.len();
+        match plan_statement(statement, &source, ctx, &mut actions) {
+            Ok(Planned::Unchanged) => shapes.push(Shape::Same),
             Ok(Planned::Changed(text, shape)) => {
-                changed = true;
-                texts.push(text);
+                if !pg::same_reading(source.text, &printed) {
+                    // sqlparser's reading is not Postgres's: acting on it could change the statement's meaning.
+                    let writes = actions[before..].iter().any(|a| a.what == "dual_write");
+                    actions.truncate(before);
+                    if writes {
+                        let t = mentioned
+                            .iter()
+                            .find(|t| writes_active(t))
+                            .expect("a write has a target");
+                        return Plan::Refuse(refuse(t, MISREAD));
+                    }
+                    actions.extend(mentioned.iter().map(|t| action(t, "read_unrewritable")));
+                    shapes.push(Shape::Same);
+                    continue;
+                }
+                pieces.push((pg_statement.range.clone(), text));
                 shapes.push(shape);
             }
             Err(refusal) => return Plan::Refuse(refusal),
         }
     }
-    if changed {
-        Plan::Rewrite {
-            sql: texts.join(";\n"),
-            shapes,
-            actions,
-        }
-    } else {
-        Plan::Forward { actions }
+    if pieces.is_empty() {
+        return Plan::Forward { actions };
     }
+    let mut out = String::with_capacity(sql.len() * 2);
+    let mut at = 0;
+    for (range, text) in pieces {
+        out.push_str(&sql[at..range.start]);
+        out.push_str(&text);
+        at = range.end;
+    }
+    out.push_str(&sql[at..]);
+    Plan::Rewrite {
+        sql: out,
+        shapes,
+        actions,
+    }
+}
+
+const MISREAD: &str = "pgshift's SQL parser reads this statement differently from Postgres, so it cannot rewrite it with its exact meaning";
+
+/// The client's text of one statement with Postgres's parse of it, for rewrites that splice into the text.
+pub struct Source<'a> {
+    pub text: &'a str,
+    /// Where `text` starts in the message Postgres parsed: node locations count from there.
+    pub offset: usize,
+    pub node: &'a pg_query::NodeEnum,
+}
+
+/// A message sqlparser cannot read (or splits differently): a statement Postgres reads as a plain query is
+/// forwarded and served from old; anything else touching a table whose writes are mirrored is refused.
+fn unreadable(sql: &str, statements: &[pg::Statement], ctx: &Context<'_>, why: &str) -> Plan {
+    let mut actions = Vec::new();
+    for statement in statements {
+        let text = &sql[statement.range.clone()];
+        for i in ctx.prefilter.mentioned(text) {
+            let Some(t) = ctx.targets.get(i) else {
+                continue;
+            };
+            if pg::kind(&statement.node) == pg::Kind::Read || !writes_active(t) {
+                actions.push(action(t, "read_unrewritable"));
+            } else {
+                return Plan::Refuse(refuse(
+                    t,
+                    format!("pgshift cannot parse the statement ({why}), so it cannot tell how it writes {}", t.migration.table),
+                ));
+            }
+        }
+    }
+    Plan::Forward { actions }
+}
+
+/// `DO` blocks and function or procedure definitions whose code names a table whose writes are mirrored:
+/// writes inside them would reach only one side, so they are refused while the migration mirrors writes.
+fn opaque_code(statements: &[pg::Statement], ctx: &Context<'_>) -> Option<Refusal> {
+    for statement in statements {
+        for body in pg::code_bodies(&statement.node) {
+            for i in ctx.prefilter.mentioned(&body) {
+                let Some(t) = ctx.targets.get(i) else {
+                    continue;
+                };
+                if writes_active(t) {
+                    let what = match statement.node {
+                        pg_query::NodeEnum::DoStmt(_) => "a DO block",
+                        _ => "a function or procedure body",
+                    };
+                    return Some(refuse(
+                        t,
+                        format!("{what} that names {} is not supported while its writes are mirrored: pgshift cannot see or mirror writes inside it (run it directly once the migration is done, or write the table with plain statements)", t.migration.table),
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 fn action(target: &Target<'_>, what: &'static str) -> Action {
@@ -208,7 +301,7 @@ fn action(target: &Target<'_>, what: &'static str) -> Action {
 }
 
 enum Planned {
-    Unchanged(Box<Statement>),
+    Unchanged,
     Changed(String, Shape),
 }
 
@@ -284,6 +377,7 @@ fn only_misparse<'c, 'a>(statement: &Statement, ctx: &'c Context<'a>) -> Option<
 
 fn plan_statement(
     statement: Statement,
+    source: &Source<'_>,
     ctx: &Context<'_>,
     actions: &mut Vec<Action>,
 ) -> Result<Planned, Refusal> {
@@ -296,7 +390,7 @@ fn plan_statement(
             ));
         }
         actions.push(action(t, "read_unrewritable"));
-        return Ok(Planned::Unchanged(Box::new(statement)));
+        return Ok(Planned::Unchanged);
     }
     // Every DML anywhere in the statement (data-modifying CTEs included) that writes a migrated table.
     let mut nested_writes = Vec::new();
@@ -365,10 +459,10 @@ fn plan_statement(
 
     if let (Some(stmt), Some((target, tag))) = (top, top_target) {
         if !writes_active(target) {
-            return Ok(Planned::Unchanged(Box::new(statement)));
+            return Ok(Planned::Unchanged);
         }
         actions.push(action(target, "dual_write"));
-        let (text, shape) = dual_write::rewrite(stmt, with, tag, target, ctx.schema)?;
+        let (text, shape) = dual_write::rewrite(stmt, with, tag, target, ctx.schema, source)?;
         return Ok(Planned::Changed(text, shape));
     }
 
@@ -487,11 +581,19 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unparsable_writes_are_refused_and_reads_pass() {
+    fn postgres_decides_what_is_unparsable_and_what_is_a_read() {
         let m = [users_migration(WriteMode::DualWrite)];
-        let Plan::Refuse(r) =
-            plan_with("UPDATE users SET x = 1 WHERE id IN (SELEC", &m, Route::Old)
-        else {
+        // Postgres rejects it too: the server answers with its own syntax error, nothing runs.
+        assert_eq!(
+            plan_with("UPDATE users SET x = 1 WHERE id IN (SELEC", &m, Route::Old),
+            Plan::Forward { actions: vec![] }
+        );
+        // Valid for Postgres, unreadable for sqlparser: a write is refused…
+        let Plan::Refuse(r) = plan_with(
+            "UPDATE ONLY public.users AS u SET email = 'x'",
+            &m,
+            Route::Old,
+        ) else {
             panic!()
         };
         assert_eq!(r.migration, "users_v2");
@@ -500,10 +602,73 @@ pub(crate) mod tests {
             "{}",
             r.reason
         );
-        let off = [users_migration(WriteMode::Off)];
-        let plan = plan_with("SELECT * FROM users FOR NO KEY UPDATE", &off, Route::New);
+        // … a read is served from old, even while writes are mirrored.
+        for locking in ["FOR NO KEY UPDATE", "FOR KEY SHARE"] {
+            let plan = plan_with(
+                &format!("SELECT * FROM users WHERE id = 1 {locking}"),
+                &m,
+                Route::Old,
+            );
+            assert!(matches!(plan, Plan::Forward { .. }), "{plan:?}");
+            assert_eq!(plan.actions()[0].what, "read_unrewritable");
+        }
+    }
+
+    #[test]
+    fn misread_statements_are_not_rewritten() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        // sqlparser reads `email ISNULL` as a column alias: acting on that would store the wrong value.
+        let Plan::Refuse(r) = plan_with(
+            "INSERT INTO users (fullname, email) SELECT 'x' || id, email ISNULL FROM users",
+            &m,
+            Route::Old,
+        ) else {
+            panic!()
+        };
+        assert_eq!(reason_code(&r.reason), "misread", "{}", r.reason);
+        // A read it misreads stays on old, unchanged.
+        let plan = plan_with("SELECT email ISNULL FROM users", &m, Route::New);
         assert_eq!(plan.actions()[0].what, "read_unrewritable");
-        assert!(matches!(plan, Plan::Forward { .. }));
+        assert!(matches!(plan, Plan::Forward { .. }), "{plan:?}");
+    }
+
+    #[test]
+    fn statements_that_need_no_change_keep_their_bytes() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        let sql = "/* a */ SELECT - -1, 'con'\n'cat', @ -5 FROM users; \
+                   UPDATE users SET email = 'a' /* keep */ WHERE id = 1 ;SELECT 1 -- end";
+        let (out, shapes) = rewritten(plan_with(sql, &m, Route::Old));
+        assert!(
+            out.starts_with("/* a */ SELECT - -1, 'con'\n'cat', @ -5 FROM users; WITH __pgshift_old AS (UPDATE users SET email = 'a' /* keep */ WHERE id = 1 RETURNING users.*)"),
+            "{out}"
+        );
+        assert!(out.ends_with(" ;SELECT 1 -- end"), "{out}");
+        assert_eq!(shapes.len(), 3);
+    }
+
+    #[test]
+    fn code_that_writes_invisibly_is_refused() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        for sql in [
+            "DO $$BEGIN UPDATE users SET email = 'x'; END$$",
+            "CREATE OR REPLACE FUNCTION pg_temp.testfunc() RETURNS SETOF users AS $func$ BEGIN \
+             INSERT INTO \"users\" (fullname) VALUES ('a'); END $func$ LANGUAGE plpgsql; \
+             SELECT * FROM pg_temp.testfunc(); DROP FUNCTION IF EXISTS pg_temp.testfunc()",
+        ] {
+            let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
+                panic!("{sql}")
+            };
+            assert_eq!(reason_code(&r.reason), "opaque_code", "{}", r.reason);
+        }
+        let off = [users_migration(WriteMode::Off)];
+        assert!(matches!(
+            plan_with(
+                "DO $$BEGIN UPDATE users SET email = 'x'; END$$",
+                &off,
+                Route::Old
+            ),
+            Plan::Forward { .. }
+        ));
     }
 
     #[test]
@@ -543,7 +708,10 @@ pub(crate) mod tests {
                 "merge",
             ),
             ("UPDATE users SET id = 2", "key_update"),
-            ("UPDATE users SET x = (", "parse_error"),
+            (
+                "UPDATE ONLY public.users AS u SET email = 'x'",
+                "parse_error",
+            ),
         ] {
             let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
                 panic!("{sql}")

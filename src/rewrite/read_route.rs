@@ -163,7 +163,7 @@ pub(super) fn route(
     if changed {
         Ok(Planned::Changed(statement.to_string(), super::Shape::Same))
     } else {
-        Ok(Planned::Unchanged(Box::new(statement)))
+        Ok(Planned::Unchanged)
     }
 }
 

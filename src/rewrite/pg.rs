@@ -1,0 +1,305 @@
+//! Postgres's own grammar (libpg_query) as the authority over what a client's text means.
+//!
+//! The rewriter decides with sqlparser's AST, which is multi-dialect and misreads some Postgres statements
+//! (`note ISNULL` as an alias, `FOR NO KEY UPDATE` as an error, `- -1` printed as a comment). Three uses of the
+//! real grammar keep those misreadings from ever reaching the database, all on the cold path (plans are cached):
+//! - **statement boundaries and tokens**: the client's text is cut into statements, and rewrites are spliced at
+//!   token positions, exactly as the server's lexer sees them;
+//! - **faithfulness**: before pgshift acts on sqlparser's reading of a statement, that reading printed back must
+//!   parse, under Postgres's grammar, to the same tree as the client's text (locations aside). Where it does not,
+//!   the statement is refused (a write) or left on the old schema (a read), never sent half-understood;
+//! - **classification** of what sqlparser cannot parse at all: a statement Postgres reads as a plain query is a
+//!   read, whatever sqlparser thinks of it.
+
+use pg_query::protobuf::{self, Token};
+use pg_query::NodeEnum;
+use std::ops::Range;
+
+/// One statement of a client's text, as Postgres splits it.
+#[derive(Debug)]
+pub struct Statement {
+    /// Byte range of the statement in the client's text: first token to last token, without the `;` and without
+    /// the whitespace and comments around it.
+    pub range: Range<usize>,
+    pub node: NodeEnum,
+}
+
+/// A lexical token, with its byte range in the text it was scanned from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tok {
+    pub start: usize,
+    pub end: usize,
+    pub kind: Token,
+}
+
+/// Postgres's tokens of `sql`, comments left out.
+pub fn tokens(sql: &str) -> Result<Vec<Tok>, String> {
+    let scanned = pg_query::scan(sql).map_err(|e| e.to_string())?;
+    Ok(scanned
+        .tokens
+        .iter()
+        .filter_map(|t| {
+            let kind = Token::try_from(t.token).ok()?;
+            if matches!(kind, Token::SqlComment | Token::CComment) {
+                return None;
+            }
+            Some(Tok {
+                start: usize::try_from(t.start).ok()?,
+                end: usize::try_from(t.end).ok()?,
+                kind,
+            })
+        })
+        .collect())
+}
+
+/// The statements of `sql` as Postgres parses them, or Postgres's syntax error.
+pub fn parse(sql: &str) -> Result<Vec<Statement>, String> {
+    let parsed = pg_query::parse(sql, 0).map_err(|e| e.to_string())?;
+    let toks = tokens(sql)?;
+    let mut out = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.clone()) else {
+            continue;
+        };
+        let start = usize::try_from(raw.stmt_location).map_err(|e| e.to_string())?;
+        let end = match usize::try_from(raw.stmt_len).map_err(|e| e.to_string())? {
+            0 => sql.len(),
+            len => start + len,
+        };
+        let inside: Vec<&Tok> = toks
+            .iter()
+            .filter(|t| t.start >= start && t.end <= end && t.kind != Token::Ascii59)
+            .collect();
+        let (Some(first), Some(last)) = (inside.first(), inside.last()) else {
+            continue;
+        };
+        out.push(Statement {
+            range: first.start..last.end,
+            node,
+        });
+    }
+    Ok(out)
+}
+
+/// Whether `printed` (a statement as sqlparser prints it back) means what `original` means to Postgres: both
+/// parse, and to the same trees once source positions are left aside.
+pub fn same_reading(original: &str, printed: &str) -> bool {
+    match (normalized(original), normalized(printed)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+fn normalized(sql: &str) -> Option<serde_json::Value> {
+    let parsed = pg_query::parse(sql, 0).ok()?;
+    let stmts: Vec<_> = parsed.protobuf.stmts.iter().map(|s| &s.stmt).collect();
+    let mut value = serde_json::to_value(stmts).ok()?;
+    strip_positions(&mut value);
+    Some(value)
+}
+
+/// Source positions differ between two spellings of one statement and say nothing about its meaning.
+fn strip_positions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|k, _| {
+                !matches!(
+                    k.as_str(),
+                    "location"
+                        | "stmt_location"
+                        | "stmt_len"
+                        | "rexpr_list_start"
+                        | "rexpr_list_end"
+                )
+            });
+            map.values_mut().for_each(strip_positions);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_positions),
+        _ => {}
+    }
+}
+
+/// How a statement Postgres parsed relates to writing tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A query, `EXPLAIN` of one, `SHOW`, … : nothing in it can write a table.
+    Read,
+    /// Something that writes, or runs code pgshift cannot see into (functions, `DO`, `CALL`, DDL).
+    Other,
+}
+
+/// Whether the statement can only read. Conservative: anything but a plain query tree is [`Kind::Other`].
+pub fn kind(node: &NodeEnum) -> Kind {
+    let top_is_query = match node {
+        NodeEnum::SelectStmt(s) => s.into_clause.is_none(),
+        NodeEnum::ExplainStmt(e) => {
+            let analyze = e.options.iter().any(|o| {
+                matches!(&o.node, Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze"))
+            });
+            !analyze
+                && matches!(
+                    e.query.as_ref().and_then(|q| q.node.as_ref()),
+                    Some(NodeEnum::SelectStmt(_))
+                )
+        }
+        _ => false,
+    };
+    if !top_is_query {
+        return Kind::Other;
+    }
+    let writes = node.nodes().into_iter().any(|(n, ..)| {
+        use pg_query::NodeRef as R;
+        matches!(
+            n,
+            R::InsertStmt(_)
+                | R::UpdateStmt(_)
+                | R::DeleteStmt(_)
+                | R::MergeStmt(_)
+                | R::IntoClause(_)
+        )
+    });
+    if writes {
+        Kind::Other
+    } else {
+        Kind::Read
+    }
+}
+
+/// The bodies of code the statement defines or runs inline: `DO` blocks and function or procedure definitions.
+/// pgshift cannot see the writes inside them.
+pub fn code_bodies(node: &NodeEnum) -> Vec<String> {
+    fn strings(node: Option<&protobuf::Node>, out: &mut Vec<String>) {
+        match node.and_then(|n| n.node.as_ref()) {
+            Some(NodeEnum::String(s)) => out.push(s.sval.clone()),
+            Some(NodeEnum::List(l)) => l.items.iter().for_each(|i| strings(Some(i), out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    let options = match node {
+        NodeEnum::DoStmt(d) => &d.args,
+        NodeEnum::CreateFunctionStmt(f) => {
+            if let Some(body) = &f.sql_body {
+                // BEGIN ATOMIC … END: a parsed body; its text is what counts.
+                if let Ok(json) = serde_json::to_string(body) {
+                    out.push(json);
+                }
+            }
+            &f.options
+        }
+        _ => return out,
+    };
+    for option in options {
+        if let Some(NodeEnum::DefElem(d)) = &option.node {
+            if d.defname == "as" {
+                strings(d.arg.as_deref(), &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Parenthesis depth at each token (before it is applied), so clause keywords can be found at the top level.
+pub fn depths(toks: &[Tok]) -> Vec<i32> {
+    let mut depth = 0;
+    toks.iter()
+        .map(|t| {
+            let here = depth;
+            match t.kind {
+                Token::Ascii40 | Token::Ascii91 => depth += 1,
+                Token::Ascii41 | Token::Ascii93 => depth -= 1,
+                _ => {}
+            }
+            if matches!(t.kind, Token::Ascii41 | Token::Ascii93) {
+                depth
+            } else {
+                here
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_are_cut_where_postgres_cuts_them() {
+        let sql = "/* lead */ SELECT 'a;b' ; -- x\n INSERT INTO t VALUES ($$;$$);";
+        let stmts = parse(sql).unwrap();
+        let texts: Vec<&str> = stmts.iter().map(|s| &sql[s.range.clone()]).collect();
+        assert_eq!(texts, ["SELECT 'a;b'", "INSERT INTO t VALUES ($$;$$)"]);
+    }
+
+    #[test]
+    fn misprints_are_different_readings() {
+        // What sqlparser prints for these (issue: re-printed statements changed meaning).
+        assert!(!same_reading("SELECT - -1", "SELECT --1"));
+        assert!(!same_reading(
+            "SELECT note ISNULL FROM t",
+            "SELECT note AS ISNULL FROM t"
+        ));
+        assert!(!same_reading("SELECT @ -5", "SELECT @-5"));
+        assert!(!same_reading(
+            "SELECT 'con'\n'catenated'",
+            "SELECT 'con' AS 'catenated'"
+        ));
+        // Spelling differences that mean the same.
+        assert!(same_reading(
+            "/* c */ insert into T (a) values ($1) on conflict(a) do nothing",
+            "INSERT INTO t (a) VALUES ($1) ON CONFLICT (a) DO NOTHING"
+        ));
+        assert!(same_reading(
+            "SELECT x::jsonb FROM t;",
+            "SELECT x::JSONB FROM t"
+        ));
+        assert!(!same_reading("SELECT 1", "SELEC 1"));
+    }
+
+    #[test]
+    fn reads_are_told_from_everything_else() {
+        let k = |sql: &str| kind(&parse(sql).unwrap()[0].node);
+        assert_eq!(k("SELECT * FROM users FOR NO KEY UPDATE"), Kind::Read);
+        assert_eq!(k("SELECT * FROM users FOR KEY SHARE"), Kind::Read);
+        assert_eq!(k("EXPLAIN SELECT 1"), Kind::Read);
+        assert_eq!(k("EXPLAIN ANALYZE SELECT 1"), Kind::Other);
+        assert_eq!(
+            k("WITH d AS (DELETE FROM users RETURNING id) SELECT * FROM d"),
+            Kind::Other
+        );
+        assert_eq!(k("SELECT * INTO t2 FROM users"), Kind::Other);
+        assert_eq!(k("UPDATE users SET a = 1"), Kind::Other);
+        assert_eq!(k("DO $$BEGIN END$$"), Kind::Other);
+    }
+
+    #[test]
+    fn code_bodies_are_found() {
+        let b = |sql: &str| code_bodies(&parse(sql).unwrap()[0].node);
+        assert_eq!(
+            b("DO $$BEGIN UPDATE users SET a = 1; END$$"),
+            ["BEGIN UPDATE users SET a = 1; END"]
+        );
+        assert_eq!(
+            b("CREATE OR REPLACE FUNCTION pg_temp.f() RETURNS void AS $f$ INSERT INTO users VALUES (1) $f$ LANGUAGE sql"),
+            [" INSERT INTO users VALUES (1) "]
+        );
+        let atomic = b("CREATE FUNCTION f() RETURNS void LANGUAGE sql BEGIN ATOMIC INSERT INTO users VALUES (1); END");
+        assert!(atomic.iter().any(|s| s.contains("users")), "{atomic:?}");
+        assert!(b("SELECT 1").is_empty());
+    }
+
+    #[test]
+    fn depth_of_tokens() {
+        let sql = "INSERT INTO t (a) VALUES ((1)) RETURNING a";
+        let toks = tokens(sql).unwrap();
+        let d = depths(&toks);
+        let returning = toks
+            .iter()
+            .position(|t| t.kind == Token::Returning)
+            .unwrap();
+        assert_eq!(d[returning], 0);
+        let one = toks.iter().position(|t| t.kind == Token::Iconst).unwrap();
+        assert_eq!(d[one], 2);
+        assert_eq!(d.last(), Some(&0));
+    }
+}
