@@ -44,7 +44,7 @@ impl Entry {
 #[derive(Debug, Clone)]
 pub struct Label {
     pub migration: Arc<str>,
-    /// `new`, `old` (reads) or `dual_write`.
+    /// `new`, `old` (reads), `dual_write` or `new_primary` (writes, by phase).
     pub route: &'static str,
 }
 
@@ -69,6 +69,7 @@ fn label_of(plan: &Plan) -> Option<Label> {
     let route = match action.what {
         "read_new" => "new",
         "dual_write" => "dual_write",
+        "new_primary" => "new_primary",
         _ => "old",
     };
     Some(Label {
@@ -224,6 +225,9 @@ impl Statements {
         let mut tables: Vec<_> = schema.columns.iter().collect();
         tables.sort_by_key(|(name, _)| name.to_string());
         tables.hash(&mut key);
+        let mut types: Vec<_> = schema.types.iter().collect();
+        types.sort_by_key(|(name, _)| name.to_string());
+        types.hash(&mut key);
         let mut names: Vec<_> = schema.unqualified.iter().collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         names.hash(&mut key);
@@ -449,7 +453,20 @@ impl Statements {
             Some((shape, label)) => (Some(*shape), label.clone()),
             None => (None, None),
         };
+        let start = out.len();
         out.extend_from_slice(frame);
+        // A rewritten write without RETURNING answers with zero-column rows that pgshift drops; a row limit
+        // (pgjdbc sends max_rows = 1 for every update) would suspend the portal where the client's own statement
+        // completes with its tag. The client gets no rows either way, so no limit is needed.
+        if let Some(Shape::Dml {
+            returning: false, ..
+        }) = shape
+        {
+            if out.len() >= start + 4 {
+                let end = out.len();
+                out[end - 4..].copy_from_slice(&0i32.to_be_bytes());
+            }
+        }
         Ok(single(Request::Execute, shape, label))
     }
 

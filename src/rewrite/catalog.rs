@@ -1,5 +1,5 @@
 //! The catalog lookup a session runs on its own upstream connection: the columns of every migrated table
-//! (old and new, in attnum order) and what each migrated table's bare name resolves to under the session's
+//! (old and new, in attnum order, with their types as `format_type` prints them) and what each migrated table's bare name resolves to under the session's
 //! search_path. pgshift has no credentials of its own, so it asks through the client's session, with the
 //! client's privileges and search_path.
 
@@ -28,13 +28,14 @@ pub fn query(migrations: &[&Migration]) -> Option<String> {
     names.dedup();
     let names: Vec<String> = names.into_iter().map(|n| format!("({n})")).collect();
     Some(format!(
-        "SELECT kind, a, b, c FROM (\
-         SELECT 'c' AS kind, n.nspname::text AS a, c.relname::text AS b, a.attname::text AS c, a.attnum::int AS pos \
+        "SELECT kind, a, b, c, t FROM (\
+         SELECT 'c' AS kind, n.nspname::text AS a, c.relname::text AS b, a.attname::text AS c, a.attnum::int AS pos, \
+         pg_catalog.format_type(a.atttypid, a.atttypmod) AS t \
          FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname::text, c.relname::text) IN (VALUES {}) \
          UNION ALL \
-         SELECT 'r', v.name, n.nspname::text, NULL, 0 FROM (VALUES {}) AS v(name) \
+         SELECT 'r', v.name, n.nspname::text, NULL, 0, NULL FROM (VALUES {}) AS v(name) \
          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(v.name)) \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\
          ) AS pgshift_catalog ORDER BY kind, a, b, pos",
@@ -49,14 +50,18 @@ pub fn parse(rows: &[Vec<Option<String>>]) -> Schema {
     for row in rows {
         let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
         match field(0).as_str() {
-            "c" => schema
-                .columns
-                .entry(TableName {
+            "c" => {
+                let table = TableName {
                     schema: field(1),
                     name: field(2),
-                })
-                .or_default()
-                .push(field(3)),
+                };
+                schema
+                    .types
+                    .entry(table.clone())
+                    .or_default()
+                    .push(field(4));
+                schema.columns.entry(table).or_default().push(field(3));
+            }
             "r" => {
                 schema.unqualified.insert(
                     field(1),
@@ -87,24 +92,26 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("FROM (VALUES ('users')) AS v(name)"), "{sql}");
-        let row = |k: &str, a: &str, b: &str, c: Option<&str>| {
+        let row = |k: &str, a: &str, b: &str, c: Option<&str>, t: Option<&str>| {
             vec![
                 Some(k.to_owned()),
                 Some(a.to_owned()),
                 Some(b.to_owned()),
                 c.map(str::to_owned),
+                t.map(str::to_owned),
             ]
         };
         let schema = parse(&[
-            row("c", "public", "users", Some("id")),
-            row("c", "public", "users", Some("fullname")),
-            row("r", "users", "public", None),
+            row("c", "public", "users", Some("id"), Some("bigint")),
+            row("c", "public", "users", Some("fullname"), Some("text")),
+            row("r", "users", "public", None, None),
         ]);
         let t = TableName {
             schema: "public".into(),
             name: "users".into(),
         };
         assert_eq!(schema.columns[&t], vec!["id", "fullname"]);
+        assert_eq!(schema.types[&t], vec!["bigint", "text"]);
         assert_eq!(schema.unqualified["users"], t);
         assert_eq!(query(&[]), None);
     }

@@ -10,9 +10,9 @@ use super::sqltext::{fold, quote_ident};
 use super::{refuse, splice, Refusal, Schema, Source, Target};
 use crate::config::migration::{Migration, MigrationKind, TableName};
 use sqlparser::ast::{
-    visit_expressions, visit_expressions_mut, Assignment, AssignmentTarget, Expr, FromTable, Ident,
-    ObjectName, OnConflictAction, OnInsert, SelectItem, SelectItemQualifiedWildcardKind, SetExpr,
-    Statement, TableFactor, With,
+    visit_expressions, visit_expressions_mut, Assignment, AssignmentTarget, ConflictTarget, Expr,
+    FromTable, Ident, ObjectName, OnConflictAction, OnInsert, SelectItem,
+    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, With,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
@@ -90,7 +90,26 @@ fn check_key_not_updated(statement: &Statement, m: &Migration) -> Result<(), Str
         Statement::Insert(i) => {
             if let Some(OnInsert::OnConflict(oc)) = &i.on {
                 if let OnConflictAction::DoUpdate(du) = &oc.action {
-                    assigned.extend(assignment_columns(&du.assignments));
+                    let conflict: Vec<String> = match &oc.conflict_target {
+                        Some(ConflictTarget::Columns(cols)) => cols.iter().map(fold).collect(),
+                        _ => Vec::new(),
+                    };
+                    // `SET k = EXCLUDED.k` where the conflict is on k changes nothing (ORMs' upserts send it).
+                    let no_op = |a: &Assignment| {
+                        let [col] = &assignment_columns(std::slice::from_ref(a))[..] else {
+                            return false;
+                        };
+                        conflict.contains(col)
+                            && matches!(&a.value, Expr::CompoundIdentifier(p)
+                                if p.len() == 2 && fold(&p[0]) == "excluded" && &fold(&p[1]) == col)
+                    };
+                    let changing: Vec<Assignment> = du
+                        .assignments
+                        .iter()
+                        .filter(|a| !no_op(a))
+                        .cloned()
+                        .collect();
+                    assigned.extend(assignment_columns(&changing));
                 }
             }
         }
@@ -795,6 +814,28 @@ mod tests {
              __pgshift_new AS (DELETE FROM v2.users AS __pgshift_t USING __pgshift_old \
              WHERE __pgshift_t.id = __pgshift_old.id) SELECT FROM __pgshift_old AS u"
         );
+    }
+
+    #[test]
+    fn upserts_may_assign_the_conflict_key_to_itself() {
+        // Sequelize's Model.upsert().
+        let (sql, _) = users(
+            "INSERT INTO \"users\" (\"id\",\"fullname\") VALUES ($1,$2) ON CONFLICT (\"id\") \
+             DO UPDATE SET \"id\"=EXCLUDED.\"id\",\"fullname\"=EXCLUDED.\"fullname\" RETURNING \"id\",\"fullname\"",
+        );
+        assert!(
+            sql.contains("DO UPDATE SET \"id\"=EXCLUDED.\"id\""),
+            "{sql}"
+        );
+        let m = [users_migration(WriteMode::DualWrite)];
+        for sql in [
+            "INSERT INTO users (id, email) VALUES (1, 'a') ON CONFLICT (email) DO UPDATE SET id = EXCLUDED.id",
+            "INSERT INTO users (id, email) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id + 1",
+            "INSERT INTO users (id, email) VALUES (1, 'a') ON CONFLICT ON CONSTRAINT users_pkey DO UPDATE SET id = EXCLUDED.id",
+        ] {
+            let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else { panic!("{sql}") };
+            assert!(r.reason.contains("key column id"), "{}", r.reason);
+        }
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub use shape::{DmlTag, Shape};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Schema {
     pub columns: HashMap<TableName, Vec<String>>,
+    /// Each column's type (`format_type`, typmod included), in the order of `columns`. Values reach `up` and
+    /// `down`, and routed reads return, in the old column's own type.
+    pub types: HashMap<TableName, Vec<String>>,
     pub unqualified: HashMap<String, TableName>,
 }
 
@@ -52,7 +55,7 @@ pub struct Context<'a> {
 pub struct Action {
     /// Shared, so handing it to metrics and latency labels per statement is a reference-count bump.
     pub migration: std::sync::Arc<str>,
-    /// `dual_write`, `read_new`, `read_old`, `read_unrewritable`.
+    /// `dual_write`, `new_primary` (a mirrored write, by phase), `read_new`, `read_old`, `read_unrewritable`.
     pub what: &'static str,
 }
 
@@ -78,12 +81,27 @@ pub enum Plan {
     Refuse(Refusal),
 }
 
+impl Action {
+    /// A write mirrored to the other side.
+    pub fn is_write(&self) -> bool {
+        matches!(self.what, "dual_write" | "new_primary")
+    }
+}
+
 impl Plan {
     pub fn actions(&self) -> &[Action] {
         match self {
             Plan::Forward { actions } | Plan::Rewrite { actions, .. } => actions,
             Plan::Refuse(_) => &[],
         }
+    }
+}
+
+impl Schema {
+    /// The type of `table.column`, if known.
+    pub fn type_of(&self, table: &TableName, column: &str) -> Option<&str> {
+        let i = self.columns.get(table)?.iter().position(|c| c == column)?;
+        self.types.get(table)?.get(i).map(String::as_str)
     }
 }
 
@@ -198,7 +216,7 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
             Ok(Planned::Changed(text, shape)) => {
                 if !pg::same_reading(source.text, &printed) {
                     // sqlparser's reading is not Postgres's: acting on it could change the statement's meaning.
-                    let writes = actions[before..].iter().any(|a| a.what == "dual_write");
+                    let writes = actions[before..].iter().any(Action::is_write);
                     actions.truncate(before);
                     if writes {
                         let t = mentioned
@@ -461,7 +479,11 @@ fn plan_statement(
         if !writes_active(target) {
             return Ok(Planned::Unchanged);
         }
-        actions.push(action(target, "dual_write"));
+        let phase = match target.migration.writes {
+            WriteMode::NewPrimary => "new_primary",
+            _ => "dual_write",
+        };
+        actions.push(action(target, phase));
         let (text, shape) = dual_write::rewrite(stmt, with, tag, target, ctx.schema, source)?;
         return Ok(Planned::Changed(text, shape));
     }
@@ -535,6 +557,20 @@ pub(crate) mod tests {
                 (
                     t("public", "orders"),
                     cols(&["id", "customer", "legacy_status", "new_status"]),
+                ),
+            ]),
+            types: HashMap::from([
+                (
+                    t("public", "users"),
+                    cols(&["bigint", "text", "text", "timestamp with time zone"]),
+                ),
+                (
+                    t("v2", "users"),
+                    cols(&["bigint", "text", "text", "timestamp with time zone"]),
+                ),
+                (
+                    t("public", "orders"),
+                    cols(&["bigint", "text", "text", "text"]),
                 ),
             ]),
             unqualified: HashMap::from([

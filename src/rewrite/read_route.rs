@@ -47,16 +47,30 @@ pub fn old_shape_select(
             old_cols,
         ),
     };
+    let new_table = match m.kind {
+        MigrationKind::Table => m.new_table.as_ref().expect("table kind has new_table"),
+        MigrationKind::Column => &m.table,
+    };
     let mut items = Vec::with_capacity(old_cols.len());
     for col in old_cols {
         let mapped = m.columns.iter().find(|c| c.old.eq_ignore_ascii_case(col));
-        let expr = match mapped {
-            Some(c) => c
-                .down
-                .clone()
-                .unwrap_or_else(|| quote_ident(&c.new.to_lowercase())),
-            None if new_cols.contains(col) => quote_ident(col),
+        let (expr, source_type) = match mapped {
+            Some(c) => match &c.down {
+                Some(down) => (format!("({down})"), None),
+                None => {
+                    let new = c.new.to_lowercase();
+                    (quote_ident(&new), schema.type_of(new_table, &new))
+                }
+            },
+            None if new_cols.contains(col) => (quote_ident(col), schema.type_of(new_table, col)),
             None => return Err(format!("column {col} has no counterpart in the new schema")),
+        };
+        // The client sees the old column's type (and typmod), whatever the new side stores.
+        let expr = match schema.type_of(&m.table, col) {
+            Some(old_type) if source_type != Some(old_type) => {
+                format!("CAST({expr} AS {old_type})")
+            }
+            _ => expr,
         };
         if expr == quote_ident(col) {
             items.push(expr);
@@ -216,7 +230,7 @@ mod tests {
         .0;
         assert_eq!(
             sql,
-            "SELECT legacy_status, count(*) FROM (SELECT id, customer, lower(new_status) AS legacy_status, new_status \
+            "SELECT legacy_status, count(*) FROM (SELECT id, customer, CAST((lower(new_status)) AS TEXT) AS legacy_status, new_status \
              FROM public.orders) AS Orders GROUP BY 1"
         );
     }

@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod clients;
 mod demo;
+mod differential;
 mod drivers;
 mod lifecycle;
 mod migrations;
