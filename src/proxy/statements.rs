@@ -228,6 +228,9 @@ impl Statements {
         let mut types: Vec<_> = schema.types.iter().collect();
         types.sort_by_key(|(name, _)| name.to_string());
         types.hash(&mut key);
+        let mut defaults: Vec<_> = schema.defaults.iter().collect();
+        defaults.sort_by_key(|(name, _)| name.to_string());
+        defaults.hash(&mut key);
         let mut names: Vec<_> = schema.unqualified.iter().collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         names.hash(&mut key);

@@ -28,14 +28,17 @@ pub fn query(migrations: &[&Migration]) -> Option<String> {
     names.dedup();
     let names: Vec<String> = names.into_iter().map(|n| format!("({n})")).collect();
     Some(format!(
-        "SELECT kind, a, b, c, t FROM (\
+        "SELECT kind, a, b, c, t, d FROM (\
          SELECT 'c' AS kind, n.nspname::text AS a, c.relname::text AS b, a.attname::text AS c, a.attnum::int AS pos, \
-         pg_catalog.format_type(a.atttypid, a.atttypmod) AS t \
+         pg_catalog.format_type(a.atttypid, a.atttypmod) AS t, \
+         CASE WHEN a.attidentity <> '' OR a.attgenerated <> '' THEN 'pg_catalog.nextval(NULL)' \
+         ELSE pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END AS d \
          FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname::text, c.relname::text) IN (VALUES {}) \
          UNION ALL \
-         SELECT 'r', v.name, n.nspname::text, NULL, 0, NULL FROM (VALUES {}) AS v(name) \
+         SELECT 'r', v.name, n.nspname::text, NULL, 0, NULL, NULL FROM (VALUES {}) AS v(name) \
          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(v.name)) \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\
          ) AS pgshift_catalog ORDER BY kind, a, b, pos",
@@ -60,6 +63,13 @@ pub fn parse(rows: &[Vec<Option<String>>]) -> Schema {
                     .entry(table.clone())
                     .or_default()
                     .push(field(4));
+                // Identity and generated columns come back as an expression that is never repeatable.
+                let default = row.get(5).cloned().flatten();
+                schema
+                    .defaults
+                    .entry(table.clone())
+                    .or_default()
+                    .push(default);
                 schema.columns.entry(table).or_default().push(field(3));
             }
             "r" => {
@@ -92,19 +102,27 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("FROM (VALUES ('users')) AS v(name)"), "{sql}");
-        let row = |k: &str, a: &str, b: &str, c: Option<&str>, t: Option<&str>| {
+        let row = |k: &str, a: &str, b: &str, c: Option<&str>, t: Option<&str>, d: Option<&str>| {
             vec![
                 Some(k.to_owned()),
                 Some(a.to_owned()),
                 Some(b.to_owned()),
                 c.map(str::to_owned),
                 t.map(str::to_owned),
+                d.map(str::to_owned),
             ]
         };
         let schema = parse(&[
-            row("c", "public", "users", Some("id"), Some("bigint")),
-            row("c", "public", "users", Some("fullname"), Some("text")),
-            row("r", "users", "public", None, None),
+            row(
+                "c",
+                "public",
+                "users",
+                Some("id"),
+                Some("bigint"),
+                Some("nextval('users_id_seq'::regclass)"),
+            ),
+            row("c", "public", "users", Some("fullname"), Some("text"), None),
+            row("r", "users", "public", None, None, None),
         ]);
         let t = TableName {
             schema: "public".into(),
@@ -112,6 +130,10 @@ mod tests {
         };
         assert_eq!(schema.columns[&t], vec!["id", "fullname"]);
         assert_eq!(schema.types[&t], vec!["bigint", "text"]);
+        assert_eq!(
+            schema.defaults[&t],
+            vec![Some("nextval('users_id_seq'::regclass)".to_owned()), None]
+        );
         assert_eq!(schema.unqualified["users"], t);
         assert_eq!(query(&[]), None);
     }

@@ -37,7 +37,7 @@ pub fn rewrite(
     let new_primary = m.writes == crate::config::migration::WriteMode::NewPrimary;
     match m.kind {
         MigrationKind::Table if new_primary => {
-            super::new_primary::rewrite(statement, with, tag, target, schema)
+            super::new_primary::rewrite(statement, with, tag, target, schema, source)
         }
         MigrationKind::Table => table_kind(statement, tag, target, schema, source),
         MigrationKind::Column => {
@@ -280,23 +280,42 @@ fn table_kind(
     }
     let parts = splice::dml_parts(source.text, source.offset, source.node).map_err(fail)?;
     let text = source.text;
+    let pg_alias = splice::target_alias(source.node).map_err(fail)?;
+    let outer = splice::outer_returning(
+        text,
+        source.offset,
+        source.node,
+        &splice::TargetNames {
+            alias: &pg_alias,
+            schema: &m.table.schema,
+            table: &m.table.name,
+            columns: old_cols,
+        },
+        true,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let alias = quote_ident(&pg_alias);
+    let mut inner_returning = vec![format!("{alias}.*")];
+    inner_returning.extend(outer.extras.iter().cloned());
     // The client's RETURNING expressions stay in the statement's own RETURNING, where Postgres rejects what it
     // rejects there (aggregates, window and set-returning functions), but in a branch that is never evaluated:
     // the values come from the outer SELECT, once per row.
-    let check = if parts.returning_exprs.is_empty() {
-        String::new()
-    } else {
+    if !parts.returning_exprs.is_empty() {
         let exprs: Vec<&str> = parts
             .returning_exprs
             .iter()
             .map(|r| &text[r.clone()])
             .collect();
-        format!(
-            ", CASE WHEN false THEN ROW({}) END AS {CHECK_COLUMN}",
+        inner_returning.push(format!(
+            "CASE WHEN false THEN ROW({}) END AS {CHECK_COLUMN}",
             exprs.join(", ")
-        )
-    };
-    let inner = format!("{} RETURNING {alias}.*{check}", &text[parts.body.clone()]);
+        ));
+    }
+    let inner = format!(
+        "{} RETURNING {}",
+        &text[parts.body.clone()],
+        inner_returning.join(", ")
+    );
 
     let key = new_key(m);
     let mirror = match tag {
@@ -310,18 +329,13 @@ fn table_kind(
             delete_matching(&new_table, OLD_CTE, &pairs)
         }
     };
-    // Without the check column, the CTE has exactly the old table's columns; with it, a derived table hides it.
-    let from = if check.is_empty() {
-        format!("{OLD_CTE} AS {alias}")
-    } else {
-        let cols: Vec<String> = old_cols.iter().map(|c| quote_ident(c)).collect();
-        format!("(SELECT {} FROM {OLD_CTE}) AS {alias}", cols.join(", "))
-    };
+    // `*` in the client's list is expanded to the old columns, so the rows' extra columns stay hidden.
+    let from = format!("{OLD_CTE} AS {alias}");
     let client_ctes = parts
         .ctes
         .map(|r| format!("{}, ", &text[r]))
         .unwrap_or_default();
-    let list = parts.returning.map(|r| &text[r]).unwrap_or("");
+    let list = outer.list;
     let sql = format!(
         "WITH {}{client_ctes}{OLD_CTE} AS ({inner}), {NEW_CTE} AS ({mirror}) SELECT {list}{}FROM {from}",
         if parts.recursive { "RECURSIVE " } else { "" },
@@ -382,10 +396,11 @@ pub(super) fn delete_matching(table: &str, source: &str, key_pairs: &[(String, S
 }
 
 /// `WITH [client CTEs,] <primary>, <mirror> SELECT <client RETURNING list> FROM <from>`, and its reply shape.
+/// `returning` is the client's list as the outer SELECT reads it ([`splice::outer_returning`]).
 pub(super) fn assemble(
     with: Option<With>,
     ours: [String; 2],
-    returning: Option<Vec<SelectItem>>,
+    returning: Option<String>,
     from: &str,
     tag: DmlTag,
 ) -> (String, Shape) {
@@ -396,20 +411,12 @@ pub(super) fn assemble(
         ctes.extend(with.cte_tables.iter().map(|c| c.to_string()));
     }
     ctes.extend(ours);
-    let list = returning
-        .as_ref()
-        .map(|items| {
-            items
-                .iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .unwrap_or_default();
+    let list = returning.as_deref().unwrap_or_default();
     let text = format!(
-        "WITH {}{} SELECT {list} FROM {from}",
+        "WITH {}{} SELECT {list}{}FROM {from}",
         if recursive { "RECURSIVE " } else { "" },
-        ctes.join(", ")
+        ctes.join(", "),
+        if list.is_empty() { "" } else { " " },
     );
     let shape = Shape::Dml {
         tag,
@@ -532,44 +539,138 @@ fn derived_old(downs: &HashMap<String, (String, Expr)>, old: &str, new_value: &E
     substitute(down, &HashMap::from([(new.clone(), new_value.clone())]))
 }
 
+/// What a column-kind rewrite needs to compute new values: the mapping, and the table's catalog.
+struct ColumnMapping<'a> {
+    ups: Vec<(String, String, Expr)>,
+    /// `Some` in `new_primary`: old then stores `down` of the new value.
+    downs: Option<HashMap<String, (String, Expr)>>,
+    schema: &'a Schema,
+    table: &'a TableName,
+}
+
+impl ColumnMapping<'_> {
+    /// `value` as Postgres stores it in `column`: cast to the column's type first, so `up` and `down` see the
+    /// stored value (an integer parameter for a text column becomes text, as it does directly).
+    fn as_stored(&self, column: &str, value: Expr) -> Result<Expr, String> {
+        let Some(ty) = self.schema.type_of(self.table, column) else {
+            return Ok(value);
+        };
+        let data_type = Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(ty)
+            .and_then(|mut p| p.parse_data_type())
+            .map_err(|e| format!("type {ty} of {column} does not parse: {e}"))?;
+        Ok(Expr::Cast {
+            kind: sqlparser::ast::CastKind::Cast,
+            expr: Box::new(Expr::Nested(Box::new(value))),
+            data_type,
+            format: None,
+        })
+    }
+
+    /// What `column` holds when the statement leaves it out or writes DEFAULT: its default, or NULL.
+    fn default_value(&self, column: &str) -> Result<Expr, String> {
+        match self.schema.default_of(self.table, column)? {
+            None => Ok(Expr::Value(sqlparser::ast::Value::Null.into())),
+            Some(text) => {
+                let expr = parse_expr(text)?;
+                if !repeatable(&expr) {
+                    return Err(format!(
+                        "the default of {column} ({text}) may change if evaluated twice, so the new column cannot be computed from it"
+                    ));
+                }
+                Ok(expr)
+            }
+        }
+    }
+
+    /// The values a row gets for the columns `up` reads, typed, for substitution into `up`: DEFAULT stands
+    /// for the column's default.
+    fn typed(
+        &self,
+        written: &[(String, Expr)],
+        up: &Expr,
+    ) -> Result<HashMap<String, Expr>, String> {
+        let mut read = Vec::new();
+        let _ = visit_expressions(up, |e| {
+            match e {
+                Expr::Identifier(i) => read.push(fold(i)),
+                Expr::CompoundIdentifier(parts) => read.extend(parts.last().map(fold)),
+                _ => {}
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        written
+            .iter()
+            .filter(|(col, _)| read.contains(col))
+            .map(|(col, value)| {
+                let value = if is_default(value) {
+                    self.default_value(col)?
+                } else {
+                    value.clone()
+                };
+                Ok((col.clone(), self.as_stored(col, value)?))
+            })
+            .collect()
+    }
+
+    /// `up` over the written values, and (new_primary) what old then stores.
+    fn new_value(
+        &self,
+        old: &str,
+        new: &str,
+        up: &Expr,
+        values: &HashMap<String, Expr>,
+    ) -> Result<(Expr, Option<Expr>), String> {
+        let new_value = substitute(up, values);
+        let derived = match &self.downs {
+            Some(downs) => Some(derived_old(
+                downs,
+                old,
+                &self.as_stored(new, new_value.clone())?,
+            )),
+            None => None,
+        };
+        Ok((new_value, derived))
+    }
+}
+
 /// Adds `new = up(…)` to assignments that write old columns; the values assigned stand in for the columns.
 /// With `downs` (new_primary), the old column then stores `down` of the new value.
 fn extend_assignments(
     assignments: &mut Vec<Assignment>,
-    ups: &[(String, String, Expr)],
-    downs: Option<&HashMap<String, (String, Expr)>>,
+    mapping: &ColumnMapping<'_>,
 ) -> Result<(), String> {
     let assigned = assignment_columns(assignments);
     if assignments
         .iter()
         .any(|a| matches!(a.target, AssignmentTarget::Tuple(_)))
-        && ups.iter().any(|(old, _, _)| assigned.contains(old))
+        && mapping.ups.iter().any(|(old, _, _)| assigned.contains(old))
     {
         return Err(
             "a multiple-column assignment (SET (a, b) = …) of a migrated column is not supported"
                 .into(),
         );
     }
-    let values: HashMap<String, Expr> = assignments
+    let written: Vec<(String, Expr)> = assignments
         .iter()
         .filter_map(|a| match &a.target {
             AssignmentTarget::ColumnName(n) => last_part(n).map(|i| (fold(&i), a.value.clone())),
             _ => None,
         })
         .collect();
-    for (old, new, up) in ups {
+    for (old, new, up) in &mapping.ups {
         if !assigned.contains(old) || assigned.contains(new) {
             continue;
         }
-        let value = &values[old];
+        let value = &written.iter().find(|(c, _)| c == old).expect("assigned").1;
         if !repeatable(value) {
             return Err(format!(
                 "the value assigned to {old} ({value}) may change if evaluated twice, so {new} cannot be computed from it"
             ));
         }
-        let new_value = substitute(up, &values);
-        if let Some(downs) = downs {
-            let derived = derived_old(downs, old, &new_value);
+        let values = mapping.typed(&written, up)?;
+        let (new_value, derived) = mapping.new_value(old, new, up, &values)?;
+        if let Some(derived) = derived {
             for a in assignments.iter_mut() {
                 if let AssignmentTarget::ColumnName(n) = &a.target {
                     if last_part(n).map(|i| fold(&i)).as_deref() == Some(old.as_str()) {
@@ -592,10 +693,14 @@ fn column_kind(
     schema: &Schema,
     new_primary: bool,
 ) -> Result<Statement, String> {
-    let ups = ups(m)?;
-    let downs = if new_primary { Some(downs(m)?) } else { None };
+    let mapping = ColumnMapping {
+        ups: ups(m)?,
+        downs: if new_primary { Some(downs(m)?) } else { None },
+        schema,
+        table: &m.table,
+    };
     match &mut statement {
-        Statement::Update(u) => extend_assignments(&mut u.assignments, &ups, downs.as_ref())?,
+        Statement::Update(u) => extend_assignments(&mut u.assignments, &mapping)?,
         Statement::Delete(_) => {}
         Statement::Insert(insert) => {
             let mut columns: Vec<String> = insert
@@ -605,11 +710,34 @@ fn column_kind(
                 .collect();
             if let Some(OnInsert::OnConflict(oc)) = &mut insert.on {
                 if let OnConflictAction::DoUpdate(du) = &mut oc.action {
-                    extend_assignments(&mut du.assignments, &ups, downs.as_ref())?;
+                    extend_assignments(&mut du.assignments, &mapping)?;
                 }
             }
-            let Some(source) = insert.source.as_mut() else {
-                return Ok(statement); // DEFAULT VALUES: both columns take their defaults
+            let source = match insert.source.as_mut() {
+                Some(source) => source,
+                None => {
+                    // DEFAULT VALUES: old takes its default, so new takes up(default).
+                    let mut values = Vec::new();
+                    for (old, _, up) in &mapping.ups {
+                        let written = [(old.clone(), default_keyword())];
+                        values.push(substitute(up, &mapping.typed(&written, up)?).to_string());
+                    }
+                    let names: Vec<String> =
+                        mapping.ups.iter().map(|(_, n, _)| quote_ident(n)).collect();
+                    let sql = format!(
+                        "INSERT INTO t ({}) VALUES ({})",
+                        names.join(", "),
+                        values.join(", ")
+                    );
+                    let Ok(Some(Statement::Insert(parsed))) =
+                        Parser::parse_sql(&PostgreSqlDialect {}, &sql).map(|mut s| s.pop())
+                    else {
+                        return Err("DEFAULT VALUES could not be extended".into());
+                    };
+                    insert.columns = parsed.columns;
+                    insert.source = parsed.source;
+                    return Ok(statement);
+                }
             };
             if columns.is_empty() {
                 let width = match source.body.as_ref() {
@@ -627,9 +755,12 @@ fn column_kind(
                     .map(|c| ObjectName::from(vec![ident(c)]))
                     .collect();
             }
-            let wanted: Vec<&(String, String, Expr)> = ups
+            // Every new column the statement does not write itself: computed from the old value written, or
+            // from old's default when the statement leaves old out.
+            let wanted: Vec<&(String, String, Expr)> = mapping
+                .ups
                 .iter()
-                .filter(|(old, new, _)| columns.contains(old) && !columns.contains(new))
+                .filter(|(_, new, _)| !columns.contains(new))
                 .collect();
             if wanted.is_empty() {
                 return Ok(statement);
@@ -637,28 +768,27 @@ fn column_kind(
             match source.body.as_mut() {
                 SetExpr::Values(v) => {
                     for (old, new, up) in &wanted {
-                        let index = columns
-                            .iter()
-                            .position(|c| c == old)
-                            .expect("filtered above");
+                        let index = columns.iter().position(|c| c == old);
                         for row in v.rows.iter_mut() {
                             let row = &mut row.content;
-                            let value = row
-                                .get(index)
-                                .ok_or_else(|| format!("a VALUES row has no value for {old}"))?;
-                            if is_default(value) {
-                                return Err(format!("DEFAULT for {old} is not supported: {new} cannot be computed from it"));
-                            }
-                            if !repeatable(value) {
-                                return Err(format!(
-                                    "the value inserted into {old} ({value}) may change if evaluated twice, so {new} cannot be computed from it"
-                                ));
-                            }
-                            let values: HashMap<String, Expr> =
+                            let mut written: Vec<(String, Expr)> =
                                 columns.iter().cloned().zip(row.iter().cloned()).collect();
-                            let new_value = substitute(up, &values);
-                            if let Some(downs) = &downs {
-                                row[index] = derived_old(downs, old, &new_value);
+                            if let Some(index) = index {
+                                let value = row.get(index).ok_or_else(|| {
+                                    format!("a VALUES row has no value for {old}")
+                                })?;
+                                if !is_default(value) && !repeatable(value) {
+                                    return Err(format!(
+                                        "the value inserted into {old} ({value}) may change if evaluated twice, so {new} cannot be computed from it"
+                                    ));
+                                }
+                            } else {
+                                written.push((old.clone(), default_keyword()));
+                            }
+                            let values = mapping.typed(&written, up)?;
+                            let (new_value, derived) = mapping.new_value(old, new, up, &values)?;
+                            if let (Some(index), Some(derived)) = (index, derived) {
+                                row[index] = derived;
                             }
                             row.push(new_value);
                         }
@@ -672,23 +802,24 @@ fn column_kind(
                             _ => return Err("INSERT … SELECT * into a migrated column is not supported; list the columns".into()),
                         }
                     }
-                    let values: HashMap<String, Expr> =
+                    let mut written: Vec<(String, Expr)> =
                         columns.iter().cloned().zip(exprs.iter().cloned()).collect();
                     for (old, new, up) in &wanted {
-                        let index = columns
-                            .iter()
-                            .position(|c| c == old)
-                            .expect("filtered above");
-                        if !repeatable(&exprs[index]) {
-                            return Err(format!(
-                                "the value inserted into {old} ({}) may change if evaluated twice, so {new} cannot be computed from it",
-                                exprs[index]
-                            ));
+                        let index = columns.iter().position(|c| c == old);
+                        match index {
+                            Some(index) if !repeatable(&exprs[index]) => {
+                                return Err(format!(
+                                    "the value inserted into {old} ({}) may change if evaluated twice, so {new} cannot be computed from it",
+                                    exprs[index]
+                                ));
+                            }
+                            Some(_) => {}
+                            None => written.push((old.clone(), default_keyword())),
                         }
-                        let new_value = substitute(up, &values);
-                        if let Some(downs) = &downs {
-                            select.projection[index] =
-                                SelectItem::UnnamedExpr(derived_old(downs, old, &new_value));
+                        let values = mapping.typed(&written, up)?;
+                        let (new_value, derived) = mapping.new_value(old, new, up, &values)?;
+                        if let (Some(index), Some(derived)) = (index, derived) {
+                            select.projection[index] = SelectItem::UnnamedExpr(derived);
                         }
                         select.projection.push(SelectItem::UnnamedExpr(new_value));
                     }
@@ -707,6 +838,11 @@ fn column_kind(
         _ => {}
     }
     Ok(statement)
+}
+
+/// The DEFAULT keyword, standing for a column's default in [`ColumnMapping::typed`].
+fn default_keyword() -> Expr {
+    Expr::Identifier(Ident::new("DEFAULT"))
 }
 
 /// In VALUES, a bare identifier can only be the DEFAULT keyword.
@@ -771,13 +907,10 @@ mod tests {
         assert!(sql.starts_with(
             "WITH __pgshift_old AS (INSERT INTO public.users AS u (id, fullname) VALUES (1, 'a'), (2, 'b') \
              ON CONFLICT (id) DO UPDATE SET fullname = EXCLUDED.fullname RETURNING u.*, \
-             CASE WHEN false THEN ROW(u.id, upper(fullname)) END AS __pgshift_check), __pgshift_new AS ("
+             CASE WHEN false THEN ROW(upper(fullname)) END AS __pgshift_check), __pgshift_new AS ("
         ), "{sql}");
         assert!(
-            sql.ends_with(
-                ") SELECT u.id, upper(fullname) AS f \
-                 FROM (SELECT id, fullname, email, created_at FROM __pgshift_old) AS u"
-            ),
+            sql.ends_with(") SELECT u.id, upper(fullname) AS f FROM __pgshift_old AS u"),
             "{sql}"
         );
         assert_eq!(
@@ -797,7 +930,7 @@ mod tests {
             sql,
             format!(
                 "WITH __pgshift_old AS (UPDATE users SET email = lower(email) WHERE id = $1 RETURNING users.*), \
-                 __pgshift_new AS ({UPSERT}) SELECT * FROM __pgshift_old AS users"
+                 __pgshift_new AS ({UPSERT}) SELECT users.id, users.fullname, users.email, users.created_at FROM __pgshift_old AS users"
             )
         );
         assert_eq!(
@@ -860,7 +993,7 @@ mod tests {
         }
         let (sql, _) = users("UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id RETURNING users.id, email");
         assert!(
-            sql.ends_with("SELECT users.id, email FROM (SELECT id, fullname, email, created_at FROM __pgshift_old) AS users"),
+            sql.ends_with("SELECT users.id, email FROM __pgshift_old AS users"),
             "{sql}"
         );
     }
@@ -869,16 +1002,33 @@ mod tests {
     fn column_insert_adds_the_new_column() {
         assert_eq!(
             orders("INSERT INTO orders (customer, legacy_status) VALUES ($1, $2), ('b', 'paid') RETURNING id"),
-            "INSERT INTO orders (customer, legacy_status, new_status) VALUES ($1, $2, upper(($2))), \
-             ('b', 'paid', upper(('paid'))) RETURNING id"
+            "INSERT INTO orders (customer, legacy_status, new_status) VALUES ($1, $2, upper((CAST(($2) AS TEXT)))), \
+             ('b', 'paid', upper((CAST(('paid') AS TEXT)))) RETURNING id"
         );
         assert_eq!(
             orders("INSERT INTO orders VALUES (1, 'c', 'new')"),
-            "INSERT INTO orders (id, customer, legacy_status, new_status) VALUES (1, 'c', 'new', upper(('new')))"
+            "INSERT INTO orders (id, customer, legacy_status, new_status) VALUES (1, 'c', 'new', upper((CAST(('new') AS TEXT))))"
         );
         assert_eq!(
             orders("INSERT INTO orders (customer, legacy_status) SELECT name, status FROM imports"),
-            "INSERT INTO orders (customer, legacy_status, new_status) SELECT name, status, upper((status)) FROM imports"
+            "INSERT INTO orders (customer, legacy_status, new_status) SELECT name, status, upper((CAST((status) AS TEXT))) FROM imports"
+        );
+        // Old left out or DEFAULT: new is computed from old's default (or NULL), cast to old's type.
+        assert_eq!(
+            orders("INSERT INTO orders (customer) VALUES ('c')"),
+            "INSERT INTO orders (customer, new_status) VALUES ('c', upper((CAST(('open'::TEXT) AS TEXT))))"
+        );
+        assert_eq!(
+            orders("INSERT INTO orders (customer, legacy_status) VALUES ('c', DEFAULT)"),
+            "INSERT INTO orders (customer, legacy_status, new_status) VALUES ('c', DEFAULT, upper((CAST(('open'::TEXT) AS TEXT))))"
+        );
+        assert_eq!(
+            orders("INSERT INTO orders DEFAULT VALUES"),
+            "INSERT INTO orders (new_status) VALUES (upper((CAST(('open'::TEXT) AS TEXT))))"
+        );
+        assert_eq!(
+            orders("UPDATE orders SET legacy_status = DEFAULT WHERE id = 1"),
+            "UPDATE orders SET legacy_status = DEFAULT, new_status = upper((CAST(('open'::TEXT) AS TEXT))) WHERE id = 1"
         );
     }
 
@@ -886,14 +1036,14 @@ mod tests {
     fn column_update_and_upsert() {
         assert_eq!(
             orders("UPDATE orders SET legacy_status = $1 WHERE id = $2"),
-            "UPDATE orders SET legacy_status = $1, new_status = upper(($1)) WHERE id = $2"
+            "UPDATE orders SET legacy_status = $1, new_status = upper((CAST(($1) AS TEXT))) WHERE id = $2"
         );
         assert_eq!(
             orders(
                 "INSERT INTO orders (id, legacy_status) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET legacy_status = EXCLUDED.legacy_status"
             ),
-            "INSERT INTO orders (id, legacy_status, new_status) VALUES (1, 'x', upper(('x'))) ON CONFLICT(id) \
-             DO UPDATE SET legacy_status = EXCLUDED.legacy_status, new_status = upper((EXCLUDED.legacy_status))"
+            "INSERT INTO orders (id, legacy_status, new_status) VALUES (1, 'x', upper((CAST(('x') AS TEXT)))) ON CONFLICT(id) \
+             DO UPDATE SET legacy_status = EXCLUDED.legacy_status, new_status = upper((CAST((EXCLUDED.legacy_status) AS TEXT)))"
         );
         // Statements that already write the new column are left alone.
         let m = [orders_migration(WriteMode::DualWrite)];
@@ -916,7 +1066,8 @@ mod tests {
         .0;
         assert_eq!(
             sql,
-            "UPDATE orders SET legacy_status = lower((upper(($1)))), new_status = upper(($1)) WHERE id = $2"
+            "UPDATE orders SET legacy_status = lower((CAST((upper((CAST(($1) AS TEXT)))) AS TEXT))), \
+             new_status = upper((CAST(($1) AS TEXT))) WHERE id = $2"
         );
         let sql = rewritten(plan_with(
             "INSERT INTO orders (legacy_status) VALUES ('Paid')",
@@ -926,7 +1077,8 @@ mod tests {
         .0;
         assert_eq!(
             sql,
-            "INSERT INTO orders (legacy_status, new_status) VALUES (lower((upper(('Paid')))), upper(('Paid')))"
+            "INSERT INTO orders (legacy_status, new_status) VALUES (lower((CAST((upper((CAST(('Paid') AS TEXT)))) AS TEXT))), \
+             upper((CAST(('Paid') AS TEXT))))"
         );
     }
 
@@ -935,7 +1087,7 @@ mod tests {
         let m = [orders_migration(WriteMode::DualWrite)];
         for sql in [
             "UPDATE orders SET legacy_status = random()::text",
-            "INSERT INTO orders (legacy_status) VALUES (DEFAULT)",
+            "INSERT INTO orders (legacy_status) VALUES (nextval('s')::text)",
             "INSERT INTO orders (legacy_status) VALUES ((SELECT s FROM t LIMIT 1))",
             "UPDATE orders SET id = 5",
         ] {

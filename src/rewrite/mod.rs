@@ -33,6 +33,8 @@ pub struct Schema {
     /// Each column's type (`format_type`, typmod included), in the order of `columns`. Values reach `up` and
     /// `down`, and routed reads return, in the old column's own type.
     pub types: HashMap<TableName, Vec<String>>,
+    /// Each column's default expression (`pg_get_expr`), `None` without one, in the order of `columns`.
+    pub defaults: HashMap<TableName, Vec<Option<String>>>,
     pub unqualified: HashMap<String, TableName>,
 }
 
@@ -103,6 +105,20 @@ impl Schema {
         let i = self.columns.get(table)?.iter().position(|c| c == column)?;
         self.types.get(table)?.get(i).map(String::as_str)
     }
+
+    /// The default expression of `table.column`: `Ok(None)` when it has none (NULL), `Err` if unknown.
+    pub fn default_of(&self, table: &TableName, column: &str) -> Result<Option<&str>, String> {
+        let i = self
+            .columns
+            .get(table)
+            .and_then(|cols| cols.iter().position(|c| c == column))
+            .ok_or_else(|| format!("column {column} of {table} is not known in this session"))?;
+        self.defaults
+            .get(table)
+            .and_then(|d| d.get(i))
+            .map(|d| d.as_deref())
+            .ok_or_else(|| format!("the default of {table}.{column} is not known in this session"))
+    }
 }
 
 impl<'a> Context<'a> {
@@ -147,6 +163,7 @@ pub fn reason_code(reason: &str) -> &'static str {
         ("DEFAULT", "default_value"),
         ("evaluated twice", "unrepeatable_value"),
         ("not known", "columns_unknown"),
+        ("is not a column of", "unknown_column"),
         ("new_primary", "new_primary"),
     ];
     CODES
@@ -573,6 +590,15 @@ pub(crate) mod tests {
                     cols(&["bigint", "text", "text", "text"]),
                 ),
             ]),
+            defaults: HashMap::from([(
+                t("public", "orders"),
+                vec![
+                    Some("nextval('orders_id_seq'::regclass)".to_owned()),
+                    None,
+                    Some("'open'::text".to_owned()),
+                    None,
+                ],
+            )]),
             unqualified: HashMap::from([
                 ("users".to_owned(), t("public", "users")),
                 ("orders".to_owned(), t("public", "orders")),

@@ -10,7 +10,7 @@ use super::dual_write::{
 use super::read_route::old_shape_select;
 use super::shape::{DmlTag, Shape};
 use super::sqltext::{fold, quote_ident};
-use super::{refuse, Refusal, Schema, Target};
+use super::{refuse, splice, Refusal, Schema, Source, Target};
 use crate::config::migration::{Migration, MigrationKind};
 use sqlparser::ast::{
     visit_expressions, visit_expressions_mut, AssignmentTarget, Expr, FromTable, OnConflictAction,
@@ -96,6 +96,7 @@ pub fn rewrite(
     tag: DmlTag,
     target: &Target<'_>,
     schema: &Schema,
+    source: &Source<'_>,
 ) -> Result<(String, Shape), Refusal> {
     let m = target.migration;
     let fail = |reason: String| refuse(target, reason);
@@ -355,14 +356,44 @@ pub fn rewrite(
         }
     };
     let shaped = old_shape_select(m, schema, Some(NEW_CTE)).map_err(fail)?;
+    // The rows come from the new table: system columns and whole-row references of old have no value here.
+    let pg_alias = splice::target_alias(source.node).map_err(fail)?;
+    let outer = splice::outer_returning(
+        source.text,
+        source.offset,
+        source.node,
+        &splice::TargetNames {
+            alias: &pg_alias,
+            schema: &m.table.schema,
+            table: &m.table.name,
+            columns: &old_cols,
+        },
+        false,
+    )
+    .map_err(|e| fail(format!("{e} {phase}")))?;
+    let mut from = format!("({shaped}) AS {alias_ident}");
+    // Postgres rejects aggregates, window and set-returning functions in RETURNING; the outer SELECT would
+    // accept them. A WHERE clause rejects them as well (same SQLSTATEs), and `false AND …` never evaluates.
+    let parts = splice::dml_parts(source.text, source.offset, source.node).map_err(fail)?;
+    if !parts.returning_exprs.is_empty() {
+        let exprs: Vec<&str> = parts
+            .returning_exprs
+            .iter()
+            .map(|r| &source.text[r.clone()])
+            .collect();
+        from.push_str(&format!(
+            " LEFT JOIN LATERAL (SELECT WHERE false AND ROW({}) IS NULL) AS __pgshift_check ON true",
+            exprs.join(", ")
+        ));
+    }
     Ok(assemble(
         with,
         [
             format!("{NEW_CTE} AS ({primary})"),
             format!("{OLD_CTE} AS ({mirror})"),
         ],
-        returning,
-        &format!("({shaped}) AS {alias_ident}"),
+        returning.map(|_| outer.list),
+        &from,
         tag,
     ))
 }
@@ -418,7 +449,7 @@ mod tests {
             sql,
             format!(
                 "WITH __pgshift_new AS (UPDATE v2.users AS u SET display_name = (upper(display_name)), email = ($1) \
-                 WHERE display_name = $2 RETURNING u.*), {MIRROR} SELECT  FROM {SHAPE} AS u"
+                 WHERE display_name = $2 RETURNING u.*), {MIRROR} SELECT FROM {SHAPE} AS u"
             )
         );
         let (sql, _) = users("DELETE FROM users WHERE fullname LIKE 'x%'");
@@ -427,7 +458,7 @@ mod tests {
             format!(
                 "WITH __pgshift_new AS (DELETE FROM v2.users AS users WHERE display_name LIKE 'x%' RETURNING users.*), \
                  __pgshift_old AS (DELETE FROM public.users AS __pgshift_t USING __pgshift_new \
-                 WHERE __pgshift_t.id = __pgshift_new.id) SELECT  FROM {SHAPE} AS users"
+                 WHERE __pgshift_t.id = __pgshift_new.id) SELECT FROM {SHAPE} AS users"
             )
         );
     }

@@ -2,11 +2,14 @@
 //! old table's columns, in order, under the old name. Postgres flattens the subquery, so indexes on the new
 //! table are used, and `SELECT *`, qualified column references and `FOR UPDATE` keep working.
 
+use super::sqltext::fold;
 use super::sqltext::quote_ident;
 use super::{action, Action, Context, Planned, Refusal, Schema};
 use crate::config::migration::{Migration, MigrationKind};
 use crate::routing::Route;
-use sqlparser::ast::{Query, Statement, TableAlias, TableFactor, VisitMut, VisitorMut};
+use sqlparser::ast::{
+    visit_expressions_mut, Expr, Query, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
@@ -100,6 +103,63 @@ struct Router<'c, 'a> {
     ctes: &'c [String],
     actions: Vec<Action>,
     changed: bool,
+    routed: Vec<Routed>,
+}
+
+/// A reference to the old table that now reads the derived table.
+struct Routed {
+    /// The name it is known by in the statement.
+    alias: String,
+    /// (schema, table) when the statement names it without an alias, so `schema.table.column` may appear.
+    qualified: Option<(String, String)>,
+    columns: Vec<String>,
+}
+
+/// System columns: the derived table has none, and the new table's would mean something else.
+const SYSTEM_COLUMNS: &[&str] = &["xmin", "xmax", "cmin", "cmax", "ctid", "tableoid"];
+
+/// What the rest of a routed statement needs: three-part names shortened to `table.column`, which the derived
+/// table answers to. `Err` when it reads something only the old table has: system columns, or the row itself
+/// (its type is the old table's row type; a derived table's is an anonymous record).
+fn adapt_references(statement: &mut Statement, routed: &[Routed]) -> Result<(), ()> {
+    let mut ok = true;
+    let _ = visit_expressions_mut(statement, |e| {
+        match e {
+            Expr::Identifier(i) => {
+                let name = fold(i);
+                let whole_row = routed
+                    .iter()
+                    .any(|r| r.alias == name && !r.columns.contains(&name));
+                if SYSTEM_COLUMNS.contains(&name.as_str()) || whole_row {
+                    ok = false;
+                }
+            }
+            Expr::CompoundIdentifier(parts) => {
+                let folded: Vec<String> = parts.iter().map(fold).collect();
+                if folded
+                    .last()
+                    .is_some_and(|l| SYSTEM_COLUMNS.contains(&l.as_str()))
+                {
+                    ok = false;
+                }
+                if let [schema, table, _] = folded.as_slice() {
+                    if routed
+                        .iter()
+                        .any(|r| r.qualified.as_ref() == Some(&(schema.clone(), table.clone())))
+                    {
+                        parts.remove(0);
+                    }
+                }
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(())
+    }
 }
 
 impl VisitorMut for Router<'_, '_> {
@@ -132,6 +192,7 @@ impl VisitorMut for Router<'_, '_> {
                 return ControlFlow::Continue(());
             }
         };
+        let alias_given = alias.is_some();
         let alias = alias.clone().or_else(|| {
             name.0.last().and_then(|part| match part {
                 sqlparser::ast::ObjectNamePart::Identifier(ident) => Some(TableAlias {
@@ -144,6 +205,24 @@ impl VisitorMut for Router<'_, '_> {
             })
         });
         self.actions.push(action(target, "read_new"));
+        if let Some(a) = &alias {
+            self.routed.push(Routed {
+                alias: fold(&a.name),
+                qualified: (!alias_given).then(|| {
+                    (
+                        target.migration.table.schema.clone(),
+                        target.migration.table.name.clone(),
+                    )
+                }),
+                columns: self
+                    .ctx
+                    .schema
+                    .columns
+                    .get(&target.migration.table)
+                    .cloned()
+                    .unwrap_or_default(),
+            });
+        }
         *factor = TableFactor::Derived {
             lateral: false,
             subquery: Box::new(subquery),
@@ -166,13 +245,23 @@ pub(super) fn route(
         ctes,
         actions: Vec::new(),
         changed: false,
+        routed: Vec::new(),
     };
     let _ = statement.visit(&mut router);
     let Router {
-        actions: mine,
+        actions: mut mine,
         changed,
+        routed,
         ..
     } = router;
+    if changed && adapt_references(&mut statement, &routed).is_err() {
+        // Served from the old table, as written.
+        for a in mine.iter_mut().filter(|a| a.what == "read_new") {
+            a.what = "read_unrewritable";
+        }
+        actions.extend(mine);
+        return Ok(Planned::Unchanged);
+    }
     actions.extend(mine);
     if changed {
         Ok(Planned::Changed(statement.to_string(), super::Shape::Same))

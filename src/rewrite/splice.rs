@@ -17,7 +17,8 @@ pub struct DmlParts {
     pub body: Range<usize>,
     /// The RETURNING list, as written.
     pub returning: Option<Range<usize>>,
-    /// Each RETURNING item's expression without its alias; `*` and `t.*` left out.
+    /// Each RETURNING item's expression without its alias; column references (`*` and `t.*` included),
+    /// constants and parameters left out.
     pub returning_exprs: Vec<Range<usize>>,
 }
 
@@ -131,15 +132,211 @@ fn item_exprs(
                     .ok_or("bad alias")?;
             }
         }
-        let star = matches!(
+        // Column references, constants and parameters cannot be aggregates or set-returning: nothing to check.
+        let plain = matches!(
             target.val.as_ref().and_then(|v| v.node.as_ref()),
-            Some(NodeEnum::ColumnRef(c)) if matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(NodeEnum::AStar(_)))
+            Some(NodeEnum::ColumnRef(_) | NodeEnum::AConst(_) | NodeEnum::ParamRef(_))
         );
-        if !star {
+        if !plain {
             out.push(toks[first].start..toks[last].end);
         }
     }
     Ok(out)
+}
+
+/// The name the statement gives its target table: its alias, or its bare name.
+pub fn target_alias(node: &NodeEnum) -> Result<String, String> {
+    let relation = match node {
+        NodeEnum::InsertStmt(s) => &s.relation,
+        NodeEnum::UpdateStmt(s) => &s.relation,
+        NodeEnum::DeleteStmt(s) => &s.relation,
+        _ => &None,
+    };
+    let relation = relation
+        .as_ref()
+        .ok_or("the target table could not be identified")?;
+    Ok(match &relation.alias {
+        Some(a) => a.aliasname.clone(),
+        None => relation.relname.clone(),
+    })
+}
+
+/// System columns: a CTE over the statement's rows does not have them, so they are carried as extra columns.
+const SYSTEM_COLUMNS: &[&str] = &["xmin", "xmax", "cmin", "cmax", "ctid", "tableoid"];
+
+/// The client's RETURNING list, ready to be the select list of the outer SELECT over the statement's rows.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OuterReturning {
+    /// The list as written, except: `*` and `t.*` expanded to the old table's columns (so the rows may carry
+    /// extra columns), three-part names shortened to `table.column`, system columns and whole-row references
+    /// read from the extra columns.
+    pub list: String,
+    /// Extra items for the statement's own RETURNING (`t.xmin AS __pgshift_xmin`, `t AS __pgshift_row`).
+    pub extras: Vec<String>,
+}
+
+/// What the target table is called in the statement, and what it has.
+pub struct TargetNames<'a> {
+    /// The alias, or the table's bare name.
+    pub alias: &'a str,
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub columns: &'a [String],
+}
+
+/// See [`OuterReturning`]. `extras_allowed`: whether system columns and whole-row references may be carried
+/// (they may not where the rows come from another table).
+pub fn outer_returning(
+    text: &str,
+    offset: usize,
+    node: &NodeEnum,
+    target: &TargetNames<'_>,
+    extras_allowed: bool,
+) -> Result<OuterReturning, String> {
+    let parts = dml_parts(text, offset, node)?;
+    let Some(list_range) = parts.returning.clone() else {
+        return Ok(OuterReturning::default());
+    };
+    let returning = match node {
+        NodeEnum::InsertStmt(s) => &s.returning_clause,
+        NodeEnum::UpdateStmt(s) => &s.returning_clause,
+        NodeEnum::DeleteStmt(s) => &s.returning_clause,
+        _ => return Err("not an INSERT, UPDATE or DELETE".into()),
+    };
+    let items = returning.as_ref().map_or(&[][..], |r| &r.exprs[..]);
+    let toks = pg::tokens(text)?;
+    let quoted = |s: &str| super::sqltext::quote_ident(s);
+    let alias = quoted(target.alias);
+    let expand = || {
+        target
+            .columns
+            .iter()
+            .map(|c| format!("{alias}.{}", quoted(c)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    let mut extras: Vec<String> = Vec::new();
+    for item in items {
+        let Some(NodeEnum::ResTarget(res)) = &item.node else {
+            return Err("a RETURNING item is not a target".into());
+        };
+        let Some(val) = res.val.as_ref().and_then(|v| v.node.as_ref()) else {
+            continue;
+        };
+        let top_level = |c: &protobuf::ColumnRef| {
+            matches!(val, NodeEnum::ColumnRef(v) if v.location == c.location) && res.name.is_empty()
+        };
+        let mut refs: Vec<&protobuf::ColumnRef> = Vec::new();
+        let mut has_subquery = false;
+        if let NodeEnum::ColumnRef(c) = val {
+            refs.push(c);
+        }
+        for (n, ..) in val.nodes() {
+            match n {
+                pg_query::NodeRef::ColumnRef(c)
+                    if !refs.iter().any(|r| r.location == c.location) =>
+                {
+                    refs.push(c)
+                }
+                pg_query::NodeRef::SubLink(_) => has_subquery = true,
+                _ => {}
+            }
+        }
+        for c in refs {
+            let fields: Vec<Option<&str>> = c
+                .fields
+                .iter()
+                .map(|f| match &f.node {
+                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
+                    _ => None, // `*`
+                })
+                .collect();
+            let three_part = fields.len() == 3
+                && fields[0] == Some(target.schema)
+                && fields[1] == Some(target.table)
+                && target.alias == target.table;
+            let replacement = match fields.as_slice() {
+                [None] => Some(expand()),
+                [Some(a), None] if *a == target.alias => Some(expand()),
+                [_, _, None] if three_part => Some(expand()),
+                [_, _, Some(col)] if three_part => Some(format!("{alias}.{}", quoted(col))),
+                [Some(sys)] | [Some(_), Some(sys)]
+                    if SYSTEM_COLUMNS.contains(sys)
+                        && (fields.len() == 1 || fields[0] == Some(target.alias)) =>
+                {
+                    if !extras_allowed {
+                        return Err(format!("RETURNING {sys} is not supported here"));
+                    }
+                    let carried = format!("__pgshift_{sys}");
+                    let extra = format!("{alias}.{sys} AS {carried}");
+                    if !extras.contains(&extra) {
+                        extras.push(extra);
+                    }
+                    let name = if top_level(c) {
+                        format!(" AS {sys}")
+                    } else {
+                        String::new()
+                    };
+                    Some(format!("{alias}.{carried}{name}"))
+                }
+                [Some(a)] if *a == target.alias && !target.columns.iter().any(|col| col == a) => {
+                    if !extras_allowed {
+                        return Err(
+                            "a whole-row reference in RETURNING is not supported here".into()
+                        );
+                    }
+                    let extra = format!("{alias} AS __pgshift_row");
+                    if !extras.contains(&extra) {
+                        extras.push(extra);
+                    }
+                    let name = if top_level(c) {
+                        format!(" AS {alias}")
+                    } else {
+                        String::new()
+                    };
+                    Some(format!("{alias}.__pgshift_row{name}"))
+                }
+                _ => None,
+            };
+            let Some(replacement) = replacement else {
+                continue;
+            };
+            if has_subquery && !matches!(val, NodeEnum::ColumnRef(_)) {
+                return Err("RETURNING with a subquery next to `*`, a system column, a whole-row reference or a three-part name is not supported".into());
+            }
+            let start = usize::try_from(c.location)
+                .ok()
+                .and_then(|l| l.checked_sub(offset))
+                .ok_or("a RETURNING column could not be located")?;
+            let first = toks
+                .iter()
+                .position(|t| t.start == start)
+                .ok_or("a RETURNING column could not be located")?;
+            let last = first + 2 * fields.len() - 2;
+            let dots_ok = (first..=last).all(|i| {
+                toks.get(i)
+                    .is_some_and(|t| ((i - first) % 2 == 1) == (t.kind == Token::Ascii46))
+            });
+            if !dots_ok {
+                return Err("a RETURNING column could not be located".into());
+            }
+            edits.push((toks[first].start..toks[last].end, replacement));
+        }
+    }
+    edits.sort_by_key(|(r, _)| r.start);
+    let mut list = String::new();
+    let mut at = list_range.start;
+    for (range, replacement) in edits {
+        if range.start < at {
+            return Err("overlapping RETURNING edits".into());
+        }
+        list.push_str(&text[at..range.start]);
+        list.push_str(&replacement);
+        at = range.end;
+    }
+    list.push_str(&text[at..list_range.end]);
+    Ok(OuterReturning { list, extras })
 }
 
 #[cfg(test)]
@@ -174,7 +371,8 @@ mod tests {
             "u.id, count(*) AS n, u.*, 'a'\n'b' x, - -1"
         );
         let exprs: Vec<&str> = p.returning_exprs.iter().map(|r| &t[r.clone()]).collect();
-        assert_eq!(exprs, ["u.id", "count(*)", "'a'\n'b'", "- -1"]);
+        // Constants and column references need no check.
+        assert_eq!(exprs, ["count(*)"]);
     }
 
     #[test]
@@ -186,5 +384,60 @@ mod tests {
         let (p, t) = parts("DELETE FROM ONLY users WHERE id = $1 RETURNING *");
         assert_eq!(&t[p.body], "DELETE FROM ONLY users WHERE id = $1");
         assert!(p.returning_exprs.is_empty());
+    }
+
+    fn outer(sql: &str, alias: &str) -> Result<OuterReturning, String> {
+        let stmts = pg::parse(sql).unwrap();
+        let s = &stmts[0];
+        let cols = ["id".to_owned(), "fullname".to_owned()];
+        outer_returning(
+            &sql[s.range.clone()],
+            s.range.start,
+            &s.node,
+            &TargetNames {
+                alias,
+                schema: "public",
+                table: "users",
+                columns: &cols,
+            },
+            true,
+        )
+    }
+
+    #[test]
+    fn returning_lists_read_from_the_statements_rows() {
+        let o = outer("UPDATE users SET a = 1 RETURNING *, public.users.id, xmin, users AS r, upper(fullname) x", "users").unwrap();
+        assert_eq!(
+            o.list,
+            "users.id, users.fullname, users.id, users.__pgshift_xmin AS xmin, users.__pgshift_row AS r, upper(fullname) x"
+        );
+        assert_eq!(
+            o.extras,
+            ["users.xmin AS __pgshift_xmin", "users AS __pgshift_row"]
+        );
+        let o = outer(
+            "INSERT INTO users AS u (a) VALUES (1) RETURNING u.*, row_to_json(u), u.xmin = 1",
+            "u",
+        )
+        .unwrap();
+        assert_eq!(
+            o.list,
+            "u.id, u.fullname, row_to_json(u.__pgshift_row), u.__pgshift_xmin = 1"
+        );
+        let o = outer("DELETE FROM users WHERE id = 1 RETURNING id, (SELECT count(*) FROM orders o WHERE o.user_id = users.id)", "users").unwrap();
+        assert_eq!(
+            o.list,
+            "id, (SELECT count(*) FROM orders o WHERE o.user_id = users.id)"
+        );
+        assert!(o.extras.is_empty());
+        assert!(outer(
+            "DELETE FROM users RETURNING (SELECT xmin FROM orders LIMIT 1) = xmin",
+            "users"
+        )
+        .is_err());
+        assert_eq!(
+            outer("DELETE FROM users", "users").unwrap(),
+            OuterReturning::default()
+        );
     }
 }
