@@ -7,22 +7,17 @@
 
 use super::shape::{DmlTag, Shape};
 use super::sqltext::{fold, quote_ident};
-use super::{refuse, splice, Refusal, Schema, Source, Target};
+use super::{refuse, Refusal, Schema, Source, Target};
 use crate::config::migration::{Migration, MigrationKind, TableName};
 use sqlparser::ast::{
     visit_expressions, visit_expressions_mut, Assignment, AssignmentTarget, ConflictTarget, Expr,
-    FromTable, Ident, ObjectName, OnConflictAction, OnInsert, SelectItem,
-    SelectItemQualifiedWildcardKind, SetExpr, Statement, TableFactor, With,
+    FromTable, Ident, ObjectName, OnConflictAction, OnInsert, SelectItem, SetExpr, Statement,
+    TableFactor, With,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-
-const OLD_CTE: &str = "__pgshift_old";
-const NEW_CTE: &str = "__pgshift_new";
-/// The never-evaluated column that makes Postgres check the client's RETURNING list in RETURNING context.
-const CHECK_COLUMN: &str = "__pgshift_check";
 
 pub fn rewrite(
     statement: Statement,
@@ -39,7 +34,11 @@ pub fn rewrite(
         MigrationKind::Table if new_primary => {
             super::new_primary::rewrite(statement, with, tag, target, schema, source)
         }
-        MigrationKind::Table => table_kind(statement, tag, target, schema, source),
+        // Planned from Postgres's parse tree before sqlparser's reading is consulted ([`super::mirror`]).
+        MigrationKind::Table => Err(refuse(
+            target,
+            "this statement form is not supported while writes are mirrored",
+        )),
         MigrationKind::Column => {
             let stmt =
                 column_kind(statement, m, schema, new_primary).map_err(|r| refuse(target, r))?;
@@ -134,7 +133,10 @@ pub(super) fn columns_of<'s>(
 
 /// The old table's columns, each with the new column it is written to and the expression (over old columns)
 /// that computes it. Old columns that the new table does not have are left out.
-fn mirror_columns(m: &Migration, schema: &Schema) -> Result<Vec<(String, String)>, String> {
+pub(super) fn mirror_columns(
+    m: &Migration,
+    schema: &Schema,
+) -> Result<Vec<(String, String)>, String> {
     let new_table = m.new_table.as_ref().expect("table kind has new_table");
     let old_cols = columns_of(schema, &m.table)?;
     let new_cols = columns_of(schema, new_table)?;
@@ -206,146 +208,6 @@ pub(super) fn take_returning(statement: &mut Statement) -> Option<Vec<SelectItem
         Statement::Delete(d) => d.returning.take(),
         _ => None,
     }
-}
-
-/// With `UPDATE … FROM` or `DELETE … USING`, RETURNING may name the other tables, which the outer SELECT over
-/// the CTE cannot see: only the target's own columns are allowed there.
-fn check_returning(
-    items: &[SelectItem],
-    alias: &Ident,
-    columns: &[String],
-    has_other_tables: bool,
-) -> Result<(), String> {
-    if !has_other_tables {
-        return Ok(());
-    }
-    let alias = fold(alias);
-    let bad = || {
-        Err("RETURNING may only name the updated table's own columns when the statement has FROM or USING".to_owned())
-    };
-    for item in items {
-        match item {
-            SelectItem::Wildcard(_) => return bad(),
-            SelectItem::QualifiedWildcard(SelectItemQualifiedWildcardKind::ObjectName(n), _) => {
-                if last_part(n).map(|i| fold(&i)) != Some(alias.clone()) {
-                    return bad();
-                }
-            }
-            SelectItem::QualifiedWildcard(..) => return bad(),
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
-                let mut ok = true;
-                let _ = visit_expressions(e, |e| {
-                    match e {
-                        Expr::Identifier(i) if !columns.contains(&fold(i)) => ok = false,
-                        Expr::CompoundIdentifier(parts)
-                            if parts.len() >= 2 && fold(&parts[parts.len() - 2]) != alias =>
-                        {
-                            ok = false
-                        }
-                        _ => {}
-                    }
-                    ControlFlow::<()>::Continue(())
-                });
-                if !ok {
-                    return bad();
-                }
-            }
-            _ => return bad(),
-        }
-    }
-    Ok(())
-}
-
-fn table_kind(
-    mut statement: Statement,
-    tag: DmlTag,
-    target: &Target<'_>,
-    schema: &Schema,
-    source: &Source<'_>,
-) -> Result<(String, Shape), Refusal> {
-    let m = target.migration;
-    let fail = |reason: String| refuse(target, reason);
-    let new_table = table_text(m.new_table.as_ref().expect("table kind has new_table"));
-    let alias = target_alias(&statement)
-        .ok_or_else(|| fail("the target table could not be identified".into()))?;
-    let old_cols = columns_of(schema, &m.table).map_err(fail)?;
-    let returning = take_returning(&mut statement);
-    let has_other_tables = match &statement {
-        Statement::Update(u) => u.from.is_some(),
-        Statement::Delete(d) => d.using.is_some(),
-        _ => false,
-    };
-    if let Some(items) = &returning {
-        check_returning(items, &alias, old_cols, has_other_tables).map_err(fail)?;
-    }
-    let parts = splice::dml_parts(source.text, source.offset, source.node).map_err(fail)?;
-    let text = source.text;
-    let pg_alias = splice::target_alias(source.node).map_err(fail)?;
-    let outer = splice::outer_returning(
-        text,
-        source.offset,
-        source.node,
-        &splice::TargetNames {
-            alias: &pg_alias,
-            schema: &m.table.schema,
-            table: &m.table.name,
-            columns: old_cols,
-        },
-        true,
-    )
-    .map_err(|e| fail(e.to_string()))?;
-    let alias = quote_ident(&pg_alias);
-    let mut inner_returning = vec![format!("{alias}.*")];
-    inner_returning.extend(outer.extras.iter().cloned());
-    // The client's RETURNING expressions stay in the statement's own RETURNING, where Postgres rejects what it
-    // rejects there (aggregates, window and set-returning functions), but in a branch that is never evaluated:
-    // the values come from the outer SELECT, once per row.
-    if !parts.returning_exprs.is_empty() {
-        let exprs: Vec<&str> = parts
-            .returning_exprs
-            .iter()
-            .map(|r| &text[r.clone()])
-            .collect();
-        inner_returning.push(format!(
-            "CASE WHEN false THEN ROW({}) END AS {CHECK_COLUMN}",
-            exprs.join(", ")
-        ));
-    }
-    let inner = format!(
-        "{} RETURNING {}",
-        &text[parts.body.clone()],
-        inner_returning.join(", ")
-    );
-
-    let key = new_key(m);
-    let mirror = match tag {
-        DmlTag::Insert | DmlTag::Update => {
-            let cols = mirror_columns(m, schema).map_err(fail)?;
-            upsert_from(&new_table, &cols, OLD_CTE, &key)
-        }
-        DmlTag::Delete => {
-            let pairs: Vec<(String, String)> =
-                key.iter().cloned().zip(m.key.iter().cloned()).collect();
-            delete_matching(&new_table, OLD_CTE, &pairs)
-        }
-    };
-    // `*` in the client's list is expanded to the old columns, so the rows' extra columns stay hidden.
-    let from = format!("{OLD_CTE} AS {alias}");
-    let client_ctes = parts
-        .ctes
-        .map(|r| format!("{}, ", &text[r]))
-        .unwrap_or_default();
-    let list = outer.list;
-    let sql = format!(
-        "WITH {}{client_ctes}{OLD_CTE} AS ({inner}), {NEW_CTE} AS ({mirror}) SELECT {list}{}FROM {from}",
-        if parts.recursive { "RECURSIVE " } else { "" },
-        if list.is_empty() { "" } else { " " },
-    );
-    let shape = Shape::Dml {
-        tag,
-        returning: returning.is_some(),
-    };
-    Ok((sql, shape))
 }
 
 /// `INSERT INTO table (cols) SELECT exprs FROM source ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c, …`:

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod catalog;
 pub mod dual_write;
 pub mod literals;
+pub mod mirror;
 pub mod new_primary;
 pub mod pg;
 pub mod prefilter;
@@ -124,8 +125,12 @@ impl Schema {
 impl<'a> Context<'a> {
     /// The target a table name refers to, if it is a migrated (old) table.
     fn resolve(&self, name: &ObjectName, ctes: &[String]) -> Option<&Target<'a>> {
-        let parts = name_parts(name)?;
-        let table = match parts.as_slice() {
+        self.resolve_parts(&name_parts(name)?, ctes)
+    }
+
+    /// The same, for a name already split into folded parts.
+    fn resolve_parts(&self, parts: &[String], ctes: &[String]) -> Option<&Target<'a>> {
+        let table = match parts {
             [name] if ctes.contains(name) => return None,
             [name] => self.schema.unqualified.get(name)?.clone(),
             [.., schema, name] => TableName {
@@ -205,26 +210,44 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
     if let Some(refusal) = opaque_code(&pg_statements, ctx) {
         return Plan::Refuse(refusal);
     }
-    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
-        Ok(statements) if statements.len() == pg_statements.len() => statements,
-        Ok(_) => {
-            return unreadable(
-                sql,
-                &pg_statements,
-                ctx,
-                "it splits the text into statements differently",
-            )
-        }
-        Err(e) => return unreadable(sql, &pg_statements, ctx, &e.to_string()),
+    // sqlparser's reading, where it has one that lines up with Postgres's statements.
+    let (mut statements, why) = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+        Ok(s) if s.len() == pg_statements.len() => (Some(s.into_iter()), String::new()),
+        Ok(_) => (
+            None,
+            "it splits the text into statements differently".to_owned(),
+        ),
+        Err(e) => (None, e.to_string()),
     };
     let mut pieces: Vec<(std::ops::Range<usize>, String)> = Vec::new();
-    let mut shapes = Vec::with_capacity(statements.len());
+    let mut shapes = Vec::with_capacity(pg_statements.len());
     let mut actions = Vec::new();
-    for (statement, pg_statement) in statements.into_iter().zip(&pg_statements) {
+    for pg_statement in &pg_statements {
+        let statement = statements.as_mut().and_then(|s| s.next());
         let source = Source {
             text: &sql[pg_statement.range.clone()],
             offset: pg_statement.range.start,
             node: &pg_statement.node,
+        };
+        // Table dual writes are planned from Postgres's tree alone.
+        if let Some((target, planned)) = mirror::plan(&source, ctx) {
+            match planned {
+                Ok((text, shape)) => {
+                    actions.push(action(target, "dual_write"));
+                    pieces.push((pg_statement.range.clone(), text));
+                    shapes.push(shape);
+                }
+                Err(refusal) => return Plan::Refuse(refusal),
+            }
+            continue;
+        }
+        let Some(statement) = statement else {
+            match unreadable(&source, ctx, &why) {
+                Ok(mine) => actions.extend(mine),
+                Err(refusal) => return Plan::Refuse(refusal),
+            }
+            shapes.push(Shape::Same);
+            continue;
         };
         let printed = statement.to_string();
         let before = actions.len();
@@ -280,27 +303,24 @@ pub struct Source<'a> {
     pub node: &'a pg_query::NodeEnum,
 }
 
-/// A message sqlparser cannot read (or splits differently): a statement Postgres reads as a plain query is
+/// A statement sqlparser cannot read (or splits differently): one Postgres reads as a plain query is
 /// forwarded and served from old; anything else touching a table whose writes are mirrored is refused.
-fn unreadable(sql: &str, statements: &[pg::Statement], ctx: &Context<'_>, why: &str) -> Plan {
+fn unreadable(source: &Source<'_>, ctx: &Context<'_>, why: &str) -> Result<Vec<Action>, Refusal> {
     let mut actions = Vec::new();
-    for statement in statements {
-        let text = &sql[statement.range.clone()];
-        for i in ctx.prefilter.mentioned(text) {
-            let Some(t) = ctx.targets.get(i) else {
-                continue;
-            };
-            if pg::kind(&statement.node) == pg::Kind::Read || !writes_active(t) {
-                actions.push(action(t, "read_unrewritable"));
-            } else {
-                return Plan::Refuse(refuse(
-                    t,
-                    format!("pgshift cannot parse the statement ({why}), so it cannot tell how it writes {}", t.migration.table),
-                ));
-            }
+    for i in ctx.prefilter.mentioned(source.text) {
+        let Some(t) = ctx.targets.get(i) else {
+            continue;
+        };
+        if pg::kind(source.node) == pg::Kind::Read || !writes_active(t) {
+            actions.push(action(t, "read_unrewritable"));
+        } else {
+            return Err(refuse(
+                t,
+                format!("pgshift cannot parse the statement ({why}), so it cannot tell how it writes {}", t.migration.table),
+            ));
         }
     }
-    Plan::Forward { actions }
+    Ok(actions)
 }
 
 /// `DO` blocks and function or procedure definitions whose code names a table whose writes are mirrored:
@@ -650,15 +670,16 @@ pub(crate) mod tests {
             plan_with("UPDATE users SET x = 1 WHERE id IN (SELEC", &m, Route::Old),
             Plan::Forward { actions: vec![] }
         );
-        // Valid for Postgres, unreadable for sqlparser: a write is refused…
+        // Valid for Postgres, unreadable for sqlparser: a write sqlparser must plan is refused…
+        let o = [orders_migration(WriteMode::DualWrite)];
         let Plan::Refuse(r) = plan_with(
-            "UPDATE ONLY public.users AS u SET email = 'x'",
-            &m,
+            "UPDATE public.orders SET legacy_status = 'x' WHERE customer ISNULL",
+            &o,
             Route::Old,
         ) else {
             panic!()
         };
-        assert_eq!(r.migration, "users_v2");
+        assert_eq!(r.migration, "orders_status");
         assert!(
             r.reason.starts_with("pgshift cannot parse the statement"),
             "{}",
@@ -679,10 +700,21 @@ pub(crate) mod tests {
     #[test]
     fn misread_statements_are_not_rewritten() {
         let m = [users_migration(WriteMode::DualWrite)];
-        // sqlparser reads `email ISNULL` as a column alias: acting on that would store the wrong value.
-        let Plan::Refuse(r) = plan_with(
+        // Table dual writes are planned from Postgres's tree and keep the client's text.
+        let (sql, _) = rewritten(plan_with(
             "INSERT INTO users (fullname, email) SELECT 'x' || id, email ISNULL FROM users",
             &m,
+            Route::Old,
+        ));
+        assert!(
+            sql.contains("SELECT 'x' || id, email ISNULL FROM users RETURNING"),
+            "{sql}"
+        );
+        // sqlparser reads `status ISNULL` as a column alias: acting on that would store the wrong value.
+        let o = [orders_migration(WriteMode::DualWrite)];
+        let Plan::Refuse(r) = plan_with(
+            "INSERT INTO orders (customer, legacy_status) SELECT name, status ISNULL FROM imports",
+            &o,
             Route::Old,
         ) else {
             panic!()
@@ -770,10 +802,8 @@ pub(crate) mod tests {
                 "merge",
             ),
             ("UPDATE users SET id = 2", "key_update"),
-            (
-                "UPDATE ONLY public.users AS u SET email = 'x'",
-                "parse_error",
-            ),
+            ("UPDATE ONLY public.users AS u SET email = 'x'", "only"),
+            ("DO $$BEGIN DELETE FROM users; END$$", "opaque_code"),
         ] {
             let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
                 panic!("{sql}")

@@ -656,6 +656,9 @@ async fn one_configuration(
         match &refusal {
             Some(code) if DOCUMENTED_REFUSALS.contains(&code.as_str()) => {
                 *tally.refused.entry(code.clone()).or_default() += 1;
+                if std::env::var_os("PGSHIFT_DIFF_VERBOSE").is_some() {
+                    println!("refused {code}: [{writes} {percent}%] {:?}", c.sql);
+                }
             }
             Some(code) => tally.wrong.push(format!(
                 "{context}: refused for an undocumented reason {code}"
