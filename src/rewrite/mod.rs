@@ -168,6 +168,8 @@ pub fn reason_code(reason: &str) -> &'static str {
         ("DEFAULT", "default_value"),
         ("evaluated twice", "unrepeatable_value"),
         ("not known", "columns_unknown"),
+        ("SQL PREPARE", "prepare"),
+        ("EXPLAIN ANALYZE", "explain_analyze"),
         ("is not a column of", "unknown_column"),
         ("new_primary", "new_primary"),
     ];
@@ -229,6 +231,14 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
             offset: pg_statement.range.start,
             node: &pg_statement.node,
         };
+        match wrapped_write(&source, ctx) {
+            Some(Ok(())) => {
+                shapes.push(Shape::Same);
+                continue;
+            }
+            Some(Err(refusal)) => return Plan::Refuse(refusal),
+            None => {}
+        }
         // Table dual writes are planned from Postgres's tree alone.
         if let Some((target, planned)) = mirror::plan(&source, ctx) {
             match planned {
@@ -321,6 +331,51 @@ fn unreadable(source: &Source<'_>, ctx: &Context<'_>, why: &str) -> Result<Vec<A
         }
     }
     Ok(actions)
+}
+
+/// `EXPLAIN` and SQL `PREPARE` of a write to a table whose writes are mirrored: plain EXPLAIN only plans it
+/// (forwarded as is); EXPLAIN ANALYZE runs it and PREPARE stores it where pgshift cannot splice the mirror in.
+fn wrapped_write(source: &Source<'_>, ctx: &Context<'_>) -> Option<Result<(), Refusal>> {
+    use pg_query::NodeEnum;
+    let (inner, what) = match source.node {
+        NodeEnum::ExplainStmt(e) => {
+            let analyze = e.options.iter().any(|o| {
+                matches!(&o.node, Some(NodeEnum::DefElem(d)) if d.defname.eq_ignore_ascii_case("analyze"))
+            });
+            (
+                e.query.as_deref()?.node.as_ref()?,
+                analyze.then_some("EXPLAIN ANALYZE"),
+            )
+        }
+        NodeEnum::PrepareStmt(p) => (p.query.as_deref()?.node.as_ref()?, Some("PREPARE")),
+        _ => return None,
+    };
+    let relation = match inner {
+        NodeEnum::InsertStmt(s) => s.relation.as_ref(),
+        NodeEnum::UpdateStmt(s) => s.relation.as_ref(),
+        NodeEnum::DeleteStmt(s) => s.relation.as_ref(),
+        NodeEnum::MergeStmt(s) => s.relation.as_ref(),
+        _ => None,
+    }?;
+    let mut parts = Vec::new();
+    if !relation.schemaname.is_empty() {
+        parts.push(relation.schemaname.clone());
+    }
+    parts.push(relation.relname.clone());
+    let target = ctx
+        .resolve_parts(&parts, &[])
+        .filter(|t| writes_active(t))?;
+    Some(match what {
+        None => Ok(()),
+        Some("PREPARE") => Err(refuse(
+            target,
+            "SQL PREPARE of a write to a migrated table is not supported: prepare it with the extended protocol (Parse), as drivers do",
+        )),
+        Some(what) => Err(refuse(
+            target,
+            format!("{what} of a write to a migrated table is not supported: it would run the write without its mirror (use EXPLAIN without ANALYZE)"),
+        )),
+    })
 }
 
 /// `DO` blocks and function or procedure definitions whose code names a table whose writes are mirrored:
@@ -811,6 +866,30 @@ pub(crate) mod tests {
             assert_eq!(reason_code(&r.reason), code, "{}", r.reason);
         }
         assert_eq!(reason_code("something new"), "other");
+    }
+
+    #[test]
+    fn explain_and_prepare_of_writes() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        assert!(matches!(
+            plan_with("EXPLAIN UPDATE users SET email = 'x'", &m, Route::Old),
+            Plan::Forward { .. }
+        ));
+        for (sql, code) in [
+            (
+                "EXPLAIN (ANALYZE, COSTS OFF) UPDATE users SET email = 'x'",
+                "explain_analyze",
+            ),
+            (
+                "PREPARE p (text) AS DELETE FROM users WHERE email = $1",
+                "prepare",
+            ),
+        ] {
+            let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
+                panic!("{sql}")
+            };
+            assert_eq!(reason_code(&r.reason), code, "{}", r.reason);
+        }
     }
 
     #[test]

@@ -83,6 +83,8 @@ const DOCUMENTED_REFUSALS: &[&str] = &[
     "unrepeatable_value",
     "new_primary",
     "unknown_column",
+    "prepare",
+    "explain_analyze",
 ];
 
 #[derive(Clone, Debug)]
@@ -275,6 +277,7 @@ fn hand_written() -> Vec<Case> {
         "CREATE FUNCTION pg_temp.f() RETURNS void LANGUAGE sql AS $f$ UPDATE users SET note = 'fn' $f$",
         "INSERT INTO users (id, fullname) OVERRIDING SYSTEM VALUE VALUES (900, 'osv')",
         "EXPLAIN ANALYZE UPDATE users SET note = 'ea' WHERE id = 1",
+        "EXPLAIN (COSTS OFF) UPDATE users SET note = 'e' WHERE id = 1",
         "PREPARE p AS UPDATE users SET note = 'prep' WHERE id = 1",
     ]
     .into_iter()
