@@ -67,6 +67,26 @@ fn retag(shape: Shape, frame_bytes: &[u8]) -> Output {
     }
 }
 
+/// A rewritten write runs as a SELECT; where Postgres names the statement kind in an error, name the client's.
+fn reword_error(shape: Shape, frame_bytes: &[u8]) -> Output {
+    let Shape::Dml { tag, .. } = shape else {
+        return Output::Forward;
+    };
+    let verb = match tag {
+        crate::rewrite::DmlTag::Insert => "INSERT",
+        crate::rewrite::DmlTag::Update => "UPDATE",
+        crate::rewrite::DmlTag::Delete => "DELETE",
+    };
+    match messages::replace_error_message(
+        frame_bytes,
+        "cannot execute SELECT in a read-only transaction",
+        &format!("cannot execute {verb} in a read-only transaction"),
+    ) {
+        Some(frame) => Output::Replace(Bytes::from(frame)),
+        None => Output::Forward,
+    }
+}
+
 /// Decides the fate of one server message `tag` answering `request`, before the FIFO advances.
 pub fn shape(respond: &mut Respond, request: Request, tag: u8, frame_bytes: &[u8]) -> Output {
     // Notices, notifications and parameter changes belong to the session, not to a request.
@@ -119,6 +139,7 @@ pub fn shape(respond: &mut Respond, request: Request, tag: u8, frame_bytes: &[u8
                     *next += 1;
                     Output::Forward
                 }
+                b'E' => reword_error(shape, frame_bytes),
                 _ => Output::Forward,
             }
         }
@@ -126,6 +147,7 @@ pub fn shape(respond: &mut Respond, request: Request, tag: u8, frame_bytes: &[u8
             (Request::Describe, b'T') if !shape.keeps_rows() => frame(encode::no_data),
             (Request::Execute, b'D') if !shape.keeps_rows() => Output::Drop,
             (Request::Execute, b'C') => retag(*shape, frame_bytes),
+            (Request::Execute, b'E') => reword_error(*shape, frame_bytes),
             _ => Output::Forward,
         },
     }

@@ -733,3 +733,78 @@ async fn statements_mean_the_same_through_pgshift() {
         tally.wrong.join("\n")
     );
 }
+
+/// Protocol details drivers depend on: pgjdbc's row limit on every update, errors naming the statement kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_limits_and_error_wording_match_direct() {
+    let direct_db = fresh_db("t_diff_protocol_d").await;
+    let proxied_db = fresh_db("t_diff_protocol_p").await;
+    for db in [&direct_db, &proxied_db] {
+        let c = connect(&cluster().url(db)).await;
+        c.batch_execute(SCHEMA).await.unwrap();
+    }
+    let proxy = start_proxy(ProxyOptions {
+        migrations: migrations("dual_write", 0),
+        ..Default::default()
+    })
+    .await;
+    let mut d = Raw::login(cluster().addr().parse().unwrap(), &direct_db).await;
+    let mut p = Raw::login(proxy.addr, &proxied_db).await;
+    let execute = |max_rows: i32| {
+        let mut body = b"\0".to_vec();
+        body.extend_from_slice(&max_rows.to_be_bytes());
+        frame(b'E', &body)
+    };
+    let extended = |sql: &str, limits: &[i32]| {
+        let mut bytes = frame(b'P', format!("\0{sql}\0\0\0").as_bytes());
+        bytes.extend(frame(b'B', b"\0\0\0\0\0\0\0\0"));
+        for &limit in limits {
+            bytes.extend(execute(limit));
+        }
+        bytes.extend(sync());
+        bytes
+    };
+    let steps: Vec<Vec<u8>> = vec![
+        // pgjdbc: executeUpdate sends max_rows = 1.
+        extended("UPDATE users SET note = 'jdbc' WHERE id = 1", &[1]),
+        extended("INSERT INTO users (fullname) VALUES ('jdbc')", &[1]),
+        extended("DELETE FROM users WHERE fullname = 'jdbc'", &[1]),
+        // With RETURNING, rows come in pieces and the tag counts them all.
+        extended(
+            "UPDATE users SET qty = qty + 1 WHERE id IN (1, 2, 3) RETURNING id",
+            &[1, 0],
+        ),
+        extended("UPDATE orders SET legacy_status = 'x' WHERE id < 3", &[1]),
+        query("BEGIN READ ONLY"),
+        query("UPDATE users SET note = 'ro' WHERE id = 1"),
+        query("ROLLBACK"),
+        query("BEGIN TRANSACTION READ ONLY"),
+        extended("DELETE FROM users WHERE id = 1", &[0]),
+        query("ROLLBACK"),
+    ];
+    for step in &steps {
+        let mut transcripts = Vec::new();
+        for raw in [&mut d, &mut p] {
+            raw.send(step).await;
+            let lines: Vec<String> = raw
+                .read_until_ready()
+                .await
+                .into_iter()
+                .filter(|(tag, _)| *tag != b'N')
+                .map(|(tag, body)| match tag {
+                    b'E' => format!("E {} {}", sqlstate(&body), message(&body)),
+                    _ => describe(tag, &body),
+                })
+                .collect();
+            transcripts.push(lines);
+        }
+        assert_eq!(
+            transcripts[0],
+            transcripts[1],
+            "direct vs pgshift for {:?}",
+            String::from_utf8_lossy(step)
+        );
+    }
+    drop((d, p));
+    proxy.stop().await;
+}
