@@ -4,7 +4,7 @@
 use crate::config::migration::{Migration, MigrationKind};
 use crate::config::Config;
 use crate::rewrite::prefilter::Prefilter;
-use crate::rewrite::{self, catalog, read_route, Context, Plan, Schema, Target};
+use crate::rewrite::{self, catalog, read_route, Context, DependentKind, Plan, Schema, Target};
 use crate::routing::Route;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -111,6 +111,30 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, Stri
                 Err(e) => mine.push(about(format!("reads cannot be routed to new: {e}"))),
             }
         }
+        // What writes the old table out of pgshift's sight: those writes would reach one side only.
+        for d in schema.dependents.iter().filter(|d| d.table == m.table) {
+            match d.kind {
+                DependentKind::View => println!(
+                    "  migration {:?}: {} reads {}; writes through it are refused while writes are mirrored",
+                    m.name, d.description, m.table
+                ),
+                DependentKind::Function { writes: false } => println!(
+                    "  migration {:?}: {} reads {} (by its code)",
+                    m.name, d.description, m.table
+                ),
+                DependentKind::Function { writes: true } => mine.push(about(format!(
+                    "{} writes {} (by its code): calls through pgshift are refused while writes are mirrored, \
+                     and calls from elsewhere are not mirrored; change it to write both tables, or stop calling it \
+                     until the migration is done, and run `pgshift verify` afterwards",
+                    d.description, m.table
+                ))),
+                DependentKind::Rule | DependentKind::Trigger => mine.push(about(format!(
+                    "{} writes {}: writes to that table through pgshift are refused while writes are mirrored; \
+                     make it write both tables, or drop it for the migration",
+                    d.description, m.table
+                ))),
+            }
+        }
         problems.append(&mut mine);
     }
     Ok(problems)
@@ -132,7 +156,10 @@ pub fn rewrite(sql: &str, config: &Config, schema: &Schema, route: Route) -> Pla
             route,
         })
         .collect();
-    let prefilter = Prefilter::new(config.migrations.iter().map(|m| m.table.name.as_str()));
+    let prefilter = Prefilter::for_targets(
+        config.migrations.iter().map(|m| m.table.name.as_str()),
+        schema,
+    );
     rewrite::plan(
         sql,
         &Context {

@@ -4,7 +4,7 @@
 //! client's privileges and search_path.
 
 use super::sqltext::quote_literal;
-use super::Schema;
+use super::{Dependent, DependentKind, Schema};
 use crate::config::migration::{Migration, TableName};
 
 /// The query, or `None` if there is nothing to look up.
@@ -20,6 +20,16 @@ pub fn query(migrations: &[&Migration]) -> Option<String> {
     let pairs: Vec<String> = tables
         .iter()
         .map(|t| format!("({}, {})", quote_literal(&t.schema), quote_literal(&t.name)))
+        .collect();
+    let olds: Vec<String> = migrations
+        .iter()
+        .map(|m| {
+            format!(
+                "({}, {})",
+                quote_literal(&m.table.schema),
+                quote_literal(&m.table.name)
+            )
+        })
         .collect();
     let mut names: Vec<String> = migrations
         .iter()
@@ -40,12 +50,51 @@ pub fn query(migrations: &[&Migration]) -> Option<String> {
          UNION ALL \
          SELECT 'r', v.name, n.nspname::text, NULL, 0, NULL, NULL FROM (VALUES {}) AS v(name) \
          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(v.name)) \
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         UNION ALL {DEPENDENTS}\
          ) AS pgshift_catalog ORDER BY kind, a, b, pos",
         pairs.join(", "),
-        names.join(", ")
+        names.join(", "),
+        DEPENDENTS = DEPENDENTS.replace("{OLDS}", &olds.join(", ")),
     ))
 }
+
+/// What else in the database reads or writes the old tables, where pgshift cannot see it: views and rules that
+/// depend on them (`pg_depend`), triggers on other tables and functions whose code names them (by their text:
+/// `prosrc`). Rows: kind (`v` view, `u` rule, `g` trigger, `f` function that writes, `F` one that only
+/// reads), the object's schema and name (for a rule or trigger: the table it is on), a description, and the
+/// migrated table's schema and name.
+const DEPENDENTS: &str = "\
+SELECT CASE WHEN rw.rulename = '_RETURN' THEN 'v' ELSE 'u' END, vn.nspname::text, v.relname::text, \
+  CASE WHEN rw.rulename = '_RETURN' THEN 'view ' ELSE 'rule ' || pg_catalog.quote_ident(rw.rulename) || ' on ' END \
+  || pg_catalog.quote_ident(vn.nspname) || '.' || pg_catalog.quote_ident(v.relname), 0, tn.nspname::text, t.relname::text \
+FROM pg_catalog.pg_depend dep JOIN pg_catalog.pg_rewrite rw ON rw.oid = dep.objid \
+JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace \
+JOIN pg_catalog.pg_class t ON t.oid = dep.refobjid JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
+WHERE dep.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND dep.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+  AND v.oid <> t.oid AND (tn.nspname::text, t.relname::text) IN (VALUES {OLDS}) \
+GROUP BY 1, 2, 3, 4, 6, 7 \
+UNION ALL \
+SELECT 'g', cn.nspname::text, c.relname::text, 'trigger ' || pg_catalog.quote_ident(tg.tgname) || ' on ' \
+  || pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(c.relname) || ' (function ' \
+  || p.oid::pg_catalog.regprocedure::text || ')', 0, tn.nspname::text, t.relname::text \
+FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid \
+JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid \
+CROSS JOIN pg_catalog.pg_class t JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
+WHERE NOT tg.tgisinternal AND c.oid <> t.oid AND (tn.nspname::text, t.relname::text) IN (VALUES {OLDS}) \
+  AND pg_catalog.strpos(pg_catalog.lower(p.prosrc), pg_catalog.lower(t.relname::text)) > 0 \
+  AND p.prosrc OPERATOR(pg_catalog.~*) '\\m(insert|update|delete|merge|truncate|copy)\\M' \
+UNION ALL \
+SELECT CASE WHEN p.prosrc OPERATOR(pg_catalog.~*) '\\m(insert|update|delete|merge|truncate|copy)\\M' THEN 'f' ELSE 'F' END, \
+  pn.nspname::text, p.proname::text, CASE p.prokind WHEN 'p' THEN 'procedure ' ELSE 'function ' END \
+  || p.oid::pg_catalog.regprocedure::text, 0, tn.nspname::text, t.relname::text \
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+CROSS JOIN pg_catalog.pg_class t JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
+WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prolang <> 13 AND p.prolang <> 12 \
+  AND p.prorettype <> 'pg_catalog.trigger'::pg_catalog.regtype \
+  AND (tn.nspname::text, t.relname::text) IN (VALUES {OLDS}) \
+  AND pg_catalog.strpos(pg_catalog.lower(p.prosrc), pg_catalog.lower(t.relname::text)) > 0 \
+";
 
 /// Builds the schema from the query's rows (text format).
 pub fn parse(rows: &[Vec<Option<String>>]) -> Schema {
@@ -72,6 +121,22 @@ pub fn parse(rows: &[Vec<Option<String>>]) -> Schema {
                     .push(default);
                 schema.columns.entry(table).or_default().push(field(3));
             }
+            kind @ ("v" | "u" | "g" | "f" | "F") => schema.dependents.push(Dependent {
+                kind: match kind {
+                    "v" => DependentKind::View,
+                    "u" => DependentKind::Rule,
+                    "g" => DependentKind::Trigger,
+                    "f" => DependentKind::Function { writes: true },
+                    _ => DependentKind::Function { writes: false },
+                },
+                schema: field(1),
+                name: field(2),
+                description: field(3),
+                table: TableName {
+                    schema: field(4),
+                    name: field(5),
+                },
+            }),
             "r" => {
                 schema.unqualified.insert(
                     field(1),

@@ -37,6 +37,45 @@ pub struct Schema {
     /// Each column's default expression (`pg_get_expr`), `None` without one, in the order of `columns`.
     pub defaults: HashMap<TableName, Vec<Option<String>>>,
     pub unqualified: HashMap<String, TableName>,
+    /// What else in the database reads or writes the old tables ([`catalog`]): pgshift cannot mirror writes
+    /// made through them.
+    pub dependents: Vec<Dependent>,
+}
+
+/// A database object that reads or writes a migrated table out of pgshift's sight.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Dependent {
+    pub kind: DependentKind,
+    /// The object's schema and name; for a rule or a trigger, those of the table it is on.
+    pub schema: String,
+    pub name: String,
+    /// For people: `view public.active_users`, `function public.f(integer)`, `trigger t on public.x (…)`.
+    pub description: String,
+    /// The migrated (old) table it reads or writes.
+    pub table: TableName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DependentKind {
+    /// A view over the table: writing through it writes the table.
+    View,
+    /// A rule on another table that refers to it: writing that table may write this one.
+    Rule,
+    /// A trigger on another table whose function writes it.
+    Trigger,
+    /// A function or procedure whose code names it (`writes`: and contains a writing command).
+    Function { writes: bool },
+}
+
+impl Dependent {
+    /// Whether statements that write this object (relations) or call it (functions) write the migrated table.
+    pub fn writes(&self) -> bool {
+        !matches!(self.kind, DependentKind::Function { writes: false })
+    }
+
+    pub fn is_function(&self) -> bool {
+        matches!(self.kind, DependentKind::Function { .. })
+    }
 }
 
 /// A migration as it applies to this session right now.
@@ -170,6 +209,7 @@ pub fn reason_code(reason: &str) -> &'static str {
         ("not known", "columns_unknown"),
         ("SQL PREPARE", "prepare"),
         ("EXPLAIN ANALYZE", "explain_analyze"),
+        ("out of pgshift's sight", "invisible_write"),
         ("is not a column of", "unknown_column"),
         ("new_primary", "new_primary"),
     ];
@@ -202,7 +242,12 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
         .into_iter()
         .filter_map(|i| ctx.targets.get(i))
         .collect();
-    if mentioned.is_empty() {
+    let names_dependent = ctx
+        .prefilter
+        .mentioned(sql)
+        .into_iter()
+        .any(|i| i >= ctx.targets.len());
+    if mentioned.is_empty() && !names_dependent {
         return Plan::Forward { actions: vec![] };
     }
     // Postgres's own parser rejects it: so will the server, before anything runs, with its own error.
@@ -211,6 +256,12 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
     };
     if let Some(refusal) = opaque_code(&pg_statements, ctx) {
         return Plan::Refuse(refusal);
+    }
+    if let Some(refusal) = invisible_write(&pg_statements, ctx) {
+        return Plan::Refuse(refusal);
+    }
+    if mentioned.is_empty() {
+        return Plan::Forward { actions: vec![] };
     }
     // sqlparser's reading, where it has one that lines up with Postgres's statements.
     let (mut statements, why) = match Parser::parse_sql(&PostgreSqlDialect {}, sql) {
@@ -376,6 +427,75 @@ fn wrapped_write(source: &Source<'_>, ctx: &Context<'_>) -> Option<Result<(), Re
             format!("{what} of a write to a migrated table is not supported: it would run the write without its mirror (use EXPLAIN without ANALYZE)"),
         )),
     })
+}
+
+/// Writes through something that writes a table whose writes are mirrored out of pgshift's sight: a view over
+/// it, a table with a rule or trigger that writes it, a function or procedure whose code writes it.
+fn invisible_write(statements: &[pg::Statement], ctx: &Context<'_>) -> Option<Refusal> {
+    use pg_query::NodeRef;
+    let dependents = &ctx.schema.dependents;
+    if dependents.is_empty() {
+        return None;
+    }
+    let matches = |d: &Dependent, schema: &str, name: &str| {
+        d.name == name && (schema.is_empty() || d.schema == schema)
+    };
+    for statement in statements {
+        for (node, ..) in statement.node.nodes() {
+            let (found, how) = match node {
+                NodeRef::InsertStmt(s) => (s.relation.as_ref(), "writing"),
+                NodeRef::UpdateStmt(s) => (s.relation.as_ref(), "writing"),
+                NodeRef::DeleteStmt(s) => (s.relation.as_ref(), "writing"),
+                NodeRef::MergeStmt(s) => (s.relation.as_ref(), "writing"),
+                NodeRef::CopyStmt(s) if s.is_from => (s.relation.as_ref(), "copying into"),
+                NodeRef::FuncCall(f) => {
+                    let parts: Vec<&str> = f
+                        .funcname
+                        .iter()
+                        .filter_map(|n| match &n.node {
+                            Some(pg_query::NodeEnum::String(s)) => Some(s.sval.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    let (schema, name) = match parts.as_slice() {
+                        [name] => ("", *name),
+                        [.., schema, name] => (*schema, *name),
+                        [] => continue,
+                    };
+                    let hit = dependents
+                        .iter()
+                        .find(|d| d.is_function() && d.writes() && matches(d, schema, name));
+                    if let Some(refusal) = hit.and_then(|d| invisible(d, ctx, "calling")) {
+                        return Some(refusal);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let Some(r) = found else { continue };
+            let hit = dependents
+                .iter()
+                .find(|d| !d.is_function() && matches(d, &r.schemaname, &r.relname));
+            if let Some(refusal) = hit.and_then(|d| invisible(d, ctx, how)) {
+                return Some(refusal);
+            }
+        }
+    }
+    None
+}
+
+fn invisible(d: &Dependent, ctx: &Context<'_>, how: &str) -> Option<Refusal> {
+    let t = ctx
+        .targets
+        .iter()
+        .find(|t| t.migration.table == d.table && writes_active(t))?;
+    Some(refuse(
+        t,
+        format!(
+            "{how} {} writes {} out of pgshift's sight, so the write would not be mirrored (write the table with plain statements; `pgshift check --dsn` lists such objects)",
+            d.description, d.table
+        ),
+    ))
 }
 
 /// `DO` blocks and function or procedure definitions whose code names a table whose writes are mirrored:
@@ -678,6 +798,29 @@ pub(crate) mod tests {
                 ("users".to_owned(), t("public", "users")),
                 ("orders".to_owned(), t("public", "orders")),
             ]),
+            dependents: vec![
+                Dependent {
+                    kind: DependentKind::View,
+                    schema: "public".into(),
+                    name: "active_users".into(),
+                    description: "view public.active_users".into(),
+                    table: t("public", "users"),
+                },
+                Dependent {
+                    kind: DependentKind::Function { writes: true },
+                    schema: "public".into(),
+                    name: "touch_user".into(),
+                    description: "function public.touch_user(integer)".into(),
+                    table: t("public", "users"),
+                },
+                Dependent {
+                    kind: DependentKind::Function { writes: false },
+                    schema: "public".into(),
+                    name: "user_count".into(),
+                    description: "function public.user_count()".into(),
+                    table: t("public", "users"),
+                },
+            ],
         }
     }
 
@@ -690,7 +833,10 @@ pub(crate) mod tests {
             })
             .collect();
         let schema = schema();
-        let prefilter = prefilter::Prefilter::new(migrations.iter().map(|m| m.table.name.as_str()));
+        let prefilter = prefilter::Prefilter::for_targets(
+            migrations.iter().map(|m| m.table.name.as_str()),
+            &schema,
+        );
         plan(
             sql,
             &Context {
@@ -866,6 +1012,39 @@ pub(crate) mod tests {
             assert_eq!(reason_code(&r.reason), code, "{}", r.reason);
         }
         assert_eq!(reason_code("something new"), "other");
+    }
+
+    #[test]
+    fn writes_out_of_sight_are_refused() {
+        let m = [users_migration(WriteMode::DualWrite)];
+        for sql in [
+            "UPDATE active_users SET email = 'x' WHERE id = 1",
+            "INSERT INTO public.active_users (fullname) VALUES ('v')",
+            "SELECT touch_user(47)",
+            "CALL public.touch_user(1)",
+            "SELECT 1; SELECT * FROM orders WHERE touch_user(id) IS NULL",
+        ] {
+            let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
+                panic!("{sql}")
+            };
+            assert_eq!(reason_code(&r.reason), "invisible_write", "{}", r.reason);
+            assert!(r.reason.contains("public.users"), "{}", r.reason);
+        }
+        for sql in [
+            "SELECT * FROM active_users",
+            "SELECT user_count()",
+            "SELECT touch_user FROM other_table",
+        ] {
+            assert!(
+                matches!(plan_with(sql, &m, Route::Old), Plan::Forward { .. }),
+                "{sql}"
+            );
+        }
+        let off = [users_migration(WriteMode::Off)];
+        assert!(matches!(
+            plan_with("SELECT touch_user(47)", &off, Route::Old),
+            Plan::Forward { .. }
+        ));
     }
 
     #[test]

@@ -26,6 +26,23 @@ impl Prefilter {
         }
     }
 
+    /// For the migrated tables (in target order) and, after them, the objects that write them out of sight
+    /// ([`super::Dependent`]): statements naming those are planned too, so writes through them can be refused.
+    pub fn for_targets<'a>(
+        tables: impl IntoIterator<Item = &'a str>,
+        schema: &'a super::Schema,
+    ) -> Prefilter {
+        Prefilter::new(
+            tables.into_iter().chain(
+                schema
+                    .dependents
+                    .iter()
+                    .filter(|d| d.writes())
+                    .map(|d| d.name.as_str()),
+            ),
+        )
+    }
+
     /// Whether `sql` may mention a migrated table.
     pub fn matches(&self, sql: &str) -> bool {
         self.automaton.as_ref().is_some_and(|a| a.is_match(sql))

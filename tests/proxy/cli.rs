@@ -58,6 +58,40 @@ async fn check_with_dsn_verifies_the_live_catalog() {
         "{err}"
     );
     assert!(err.contains("up = \"email + 1\" is not valid over public.users: operator does not exist: text + integer"), "{err}");
+
+    // Objects that read or write the old table out of pgshift's sight are listed; writers fail the check.
+    connect(&cluster().url(&db))
+        .await
+        .batch_execute(
+            "CREATE VIEW named_users AS SELECT id, fullname FROM users;
+             CREATE FUNCTION user_total() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM users $$;
+             CREATE TABLE signups (name text);
+             CREATE FUNCTION signup() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN INSERT INTO users (fullname) VALUES (NEW.name); RETURN NEW; END $$;
+             CREATE TRIGGER signup AFTER INSERT ON signups FOR EACH ROW EXECUTE FUNCTION signup();
+             CREATE PROCEDURE rename_user(i bigint, n text) LANGUAGE sql AS $$ UPDATE users SET fullname = n WHERE id = i $$;",
+        )
+        .await
+        .unwrap();
+    let (ok, out, err) =
+        pgshift(&["check", "--config", good.to_str().unwrap(), "--dsn", &dsn]).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("view public.named_users reads public.users; writes through it are refused"),
+        "{out}"
+    );
+    assert!(
+        out.contains("function user_total() reads public.users (by its code)"),
+        "{out}"
+    );
+    assert!(
+        err.contains("trigger signup on public.signups (function signup()) writes public.users"),
+        "{err}"
+    );
+    assert!(
+        err.contains("procedure rename_user(bigint,text) writes public.users (by its code)"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,9 @@ INSERT INTO orders (user_id, legacy_status, amount)
   SELECT g % 7 + 1, (ARRAY['open', 'paid', 'shipped', NULL])[g % 4 + 1], g * 1.5 FROM generate_series(1, 20) g;
 UPDATE orders SET new_status = 's:' || reverse(legacy_status);
 INSERT INTO banned VALUES ('u3@x', 'spam'), ('u5@x', 'fraud');
+CREATE VIEW active_users AS SELECT * FROM users WHERE qty > 0;
+CREATE FUNCTION touch_user(i bigint) RETURNS void LANGUAGE sql AS $$ UPDATE users SET note = 'touched' WHERE id = i $$;
+CREATE FUNCTION user_count() RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM users $$;
 ";
 
 /// The direct database's reference for what a perfect dual write does: triggers keep the new table and column
@@ -85,6 +88,7 @@ const DOCUMENTED_REFUSALS: &[&str] = &[
     "unknown_column",
     "prepare",
     "explain_analyze",
+    "invisible_write",
 ];
 
 #[derive(Clone, Debug)]
@@ -279,6 +283,11 @@ fn hand_written() -> Vec<Case> {
         "EXPLAIN ANALYZE UPDATE users SET note = 'ea' WHERE id = 1",
         "EXPLAIN (COSTS OFF) UPDATE users SET note = 'e' WHERE id = 1",
         "PREPARE p AS UPDATE users SET note = 'prep' WHERE id = 1",
+        // Writes out of pgshift's sight: through a view, a function.
+        "UPDATE active_users SET note = 'view' WHERE id = 2",
+        "SELECT touch_user(3)",
+        "SELECT user_count()",
+        "SELECT count(*) FROM active_users",
     ]
     .into_iter()
     .map(case)
