@@ -627,6 +627,34 @@ fn column_kind(
             if wanted.is_empty() {
                 return Ok(statement);
             }
+            // `SELECT * FROM UNNEST(…)` (Django's bulk_create), set operations: the query becomes a derived
+            // table whose columns are the inserted ones, so each value can be named.
+            let opaque = match source.body.as_ref() {
+                SetExpr::Select(s) => s.projection.iter().any(|i| {
+                    !matches!(
+                        i,
+                        SelectItem::UnnamedExpr(_) | SelectItem::ExprWithAlias { .. }
+                    )
+                }),
+                SetExpr::Values(_) => false,
+                _ => true,
+            };
+            if opaque {
+                if columns.is_empty() {
+                    return Err("INSERT … SELECT * into a migrated column is not supported without a column list".into());
+                }
+                let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+                let items: Vec<String> = names.iter().map(|n| format!("__pgshift_s.{n}")).collect();
+                let sql = format!(
+                    "SELECT {} FROM ({source}) AS __pgshift_s({})",
+                    items.join(", "),
+                    names.join(", ")
+                );
+                match Parser::parse_sql(&PostgreSqlDialect {}, &sql).map(|mut s| s.pop()) {
+                    Ok(Some(Statement::Query(q))) => **source = *q,
+                    _ => return Err("the INSERT's query could not be wrapped".into()),
+                }
+            }
             match source.body.as_mut() {
                 SetExpr::Values(v) => {
                     for (old, new, up) in &wanted {
@@ -891,6 +919,19 @@ mod tests {
         assert_eq!(
             orders("UPDATE orders SET legacy_status = DEFAULT WHERE id = 1"),
             "UPDATE orders SET legacy_status = DEFAULT, new_status = upper((CAST(('open'::TEXT) AS TEXT))) WHERE id = 1"
+        );
+    }
+
+    #[test]
+    fn column_insert_from_an_opaque_query() {
+        // Django's bulk_create.
+        assert_eq!(
+            orders(
+                "INSERT INTO orders (customer, legacy_status) SELECT * FROM UNNEST($1::text[], $2::text[]) RETURNING id"
+            ),
+            "INSERT INTO orders (customer, legacy_status, new_status) SELECT __pgshift_s.customer, __pgshift_s.legacy_status, \
+             upper((CAST((__pgshift_s.legacy_status) AS TEXT))) FROM (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[])) \
+             AS __pgshift_s (customer, legacy_status) RETURNING id"
         );
     }
 

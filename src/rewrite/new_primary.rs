@@ -126,148 +126,126 @@ pub fn rewrite(
                 .iter()
                 .filter_map(|n| last_part(n).map(|i| fold(&i)))
                 .collect();
-            let rows = match insert.source.as_ref().map(|q| q.body.as_ref()) {
-                Some(SetExpr::Values(v)) => {
-                    v.rows.iter().map(|r| r.content.clone()).collect::<Vec<_>>()
-                }
-                None => Vec::new(),
-                _ => return Err(fail(format!("INSERT … SELECT is not supported {phase}"))),
+            let (rows, selected) = match insert.source.as_deref() {
+                Some(q) => match q.body.as_ref() {
+                    SetExpr::Values(v) if q.with.is_none() && q.order_by.is_none() => (
+                        v.rows.iter().map(|r| r.content.clone()).collect::<Vec<_>>(),
+                        None,
+                    ),
+                    _ => (Vec::new(), Some(q)),
+                },
+                None => (Vec::new(), None),
             };
-            if columns.is_empty() {
-                let width = rows.first().map_or(0, Vec::len);
-                columns = old_cols.iter().take(width).cloned().collect();
-            }
-            let mut new_names = Vec::new();
-            let mut new_rows: Vec<Vec<String>> = vec![Vec::new(); rows.len()];
-            for col in &columns {
-                if !old_cols.contains(col) {
-                    return Err(fail(format!("column {col} is not a column of {}", m.table)));
-                }
-            }
-            for col in &columns {
-                let mut name = None;
-                for (i, row) in rows.iter().enumerate() {
-                    let written: HashMap<String, Expr> =
-                        columns.iter().cloned().zip(row.iter().cloned()).collect();
-                    if !row.iter().all(repeatable) {
-                        return Err(fail(format!(
-                            "VALUES that may change if evaluated twice are not supported {phase}"
-                        )));
-                    }
-                    let (n, value) = new_value(m, col, &written).map_err(fail)?;
-                    name = Some(n);
-                    new_rows[i].push(value.to_string());
-                }
-                let name = name.unwrap_or_else(|| {
-                    new_value(
-                        m,
-                        col,
-                        &HashMap::from([(
-                            col.clone(),
-                            Expr::Value(sqlparser::ast::Value::Null.into()),
-                        )]),
-                    )
-                    .map(|(n, _)| n)
-                    .unwrap_or_default()
-                });
-                if !new_cols.contains(&name) {
+            // INSERT … SELECT (SQLAlchemy's multi-row insert from VALUES, Django's UNNEST): the client's query
+            // becomes a derived table whose columns are the inserted old columns, read through `up` into new.
+            if let Some(query) = selected {
+                if columns.is_empty() {
                     return Err(fail(format!(
-                        "column {name} does not exist in the new table"
+                        "INSERT … SELECT without a column list is not supported {phase}"
                     )));
                 }
-                new_names.push(quote_ident(&name));
-            }
-            let values = if rows.is_empty() {
-                "DEFAULT VALUES".to_owned()
-            } else {
+                if untyped_parameter_selected(query) {
+                    return Err(fail(format!(
+                        "INSERT … SELECT of a bare parameter is not supported {phase}: its type would be inferred differently; cast it (e.g. $1::text)"
+                    )));
+                }
+                let mut written: HashMap<String, Expr> = HashMap::new();
+                for col in &columns {
+                    if !old_cols.contains(col) {
+                        return Err(fail(format!("column {col} is not a column of {}", m.table)));
+                    }
+                    let column = Expr::CompoundIdentifier(vec![ident(SOURCE), ident(col)]);
+                    let typed = match schema.type_of(&m.table, col) {
+                        Some(ty) => parse_expr(&format!("CAST({column} AS {ty})")).map_err(fail)?,
+                        None => column,
+                    };
+                    written.insert(col.clone(), typed);
+                }
+                let mut names = Vec::new();
+                let mut values = Vec::new();
+                for col in &columns {
+                    let (name, value) = new_value(m, col, &written).map_err(fail)?;
+                    if !new_cols.contains(&name) {
+                        return Err(fail(format!(
+                            "column {name} does not exist in the new table"
+                        )));
+                    }
+                    names.push(quote_ident(&name));
+                    values.push(value.to_string());
+                }
+                let aliases: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+                let conflict = conflict_clause(m, insert, phase).map_err(fail)?;
                 format!(
-                    "VALUES {}",
-                    new_rows
-                        .iter()
-                        .map(|r| format!("({})", r.join(", ")))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "INSERT INTO {new_table} ({}) SELECT {} FROM ({query}) AS {SOURCE}({}){conflict} RETURNING *",
+                    names.join(", "),
+                    values.join(", "),
+                    aliases.join(", ")
                 )
-            };
-            let conflict = match &insert.on {
-                None => String::new(),
-                Some(OnInsert::OnConflict(oc)) => {
-                    let target_cols = match &oc.conflict_target {
-                        Some(sqlparser::ast::ConflictTarget::Columns(cols)) => {
-                            cols.iter().map(fold).collect::<Vec<_>>()
-                        }
-                        None => Vec::new(),
-                        _ => {
-                            return Err(fail(format!(
-                                "ON CONFLICT ON CONSTRAINT is not supported {phase}"
-                            )))
-                        }
-                    };
-                    let renamed: Vec<String> = target_cols
-                        .iter()
-                        .map(|c| {
-                            new_value(
-                                m,
-                                c,
-                                &HashMap::from([(c.clone(), Expr::Identifier(ident(c)))]),
-                            )
-                            .map(|(n, _)| quote_ident(&n))
-                        })
-                        .collect::<Result<_, _>>()
-                        .map_err(fail)?;
-                    let target_text = if renamed.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({})", renamed.join(", "))
-                    };
-                    match &oc.action {
-                        OnConflictAction::DoNothing => {
-                            format!(" ON CONFLICT{target_text} DO NOTHING")
-                        }
-                        OnConflictAction::DoUpdate(du) => {
-                            if du.selection.is_some() {
-                                return Err(fail(format!(
-                                    "ON CONFLICT … DO UPDATE … WHERE is not supported {phase}"
-                                )));
-                            }
-                            let mut sets = Vec::new();
-                            for a in &du.assignments {
-                                let AssignmentTarget::ColumnName(name) = &a.target else {
-                                    return Err(fail(format!(
-                                        "multiple-column assignments are not supported {phase}"
-                                    )));
-                                };
-                                let col = last_part(name).map(|i| fold(&i)).unwrap_or_default();
-                                let plain_excluded = matches!(&a.value, Expr::CompoundIdentifier(p)
-                                    if p.len() == 2 && fold(&p[0]) == "excluded" && fold(&p[1]) == col);
-                                if !plain_excluded {
-                                    return Err(fail(format!(
-                                        "ON CONFLICT DO UPDATE supports only `col = EXCLUDED.col` {phase}"
-                                    )));
-                                }
-                                let (new_name, _) = new_value(
-                                    m,
-                                    &col,
-                                    &HashMap::from([(col.clone(), Expr::Identifier(ident(&col)))]),
-                                )
-                                .map_err(fail)?;
-                                sets.push(format!("{0} = EXCLUDED.{0}", quote_ident(&new_name)));
-                            }
-                            format!(
-                                " ON CONFLICT{target_text} DO UPDATE SET {}",
-                                sets.join(", ")
-                            )
-                        }
+            } else {
+                if columns.is_empty() {
+                    let width = rows.first().map_or(0, Vec::len);
+                    columns = old_cols.iter().take(width).cloned().collect();
+                }
+                let mut new_names = Vec::new();
+                let mut new_rows: Vec<Vec<String>> = vec![Vec::new(); rows.len()];
+                for col in &columns {
+                    if !old_cols.contains(col) {
+                        return Err(fail(format!("column {col} is not a column of {}", m.table)));
                     }
                 }
-                Some(_) => return Err(fail("unsupported ON clause".into())),
-            };
-            let cols = if new_names.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", new_names.join(", "))
-            };
-            format!("INSERT INTO {new_table}{cols} {values}{conflict} RETURNING *")
+                for col in &columns {
+                    let mut name = None;
+                    for (i, row) in rows.iter().enumerate() {
+                        let written: HashMap<String, Expr> =
+                            columns.iter().cloned().zip(row.iter().cloned()).collect();
+                        if !row.iter().all(repeatable) {
+                            return Err(fail(format!(
+                            "VALUES that may change if evaluated twice are not supported {phase}"
+                        )));
+                        }
+                        let (n, value) = new_value(m, col, &written).map_err(fail)?;
+                        name = Some(n);
+                        new_rows[i].push(value.to_string());
+                    }
+                    let name = name.unwrap_or_else(|| {
+                        new_value(
+                            m,
+                            col,
+                            &HashMap::from([(
+                                col.clone(),
+                                Expr::Value(sqlparser::ast::Value::Null.into()),
+                            )]),
+                        )
+                        .map(|(n, _)| n)
+                        .unwrap_or_default()
+                    });
+                    if !new_cols.contains(&name) {
+                        return Err(fail(format!(
+                            "column {name} does not exist in the new table"
+                        )));
+                    }
+                    new_names.push(quote_ident(&name));
+                }
+                let values = if rows.is_empty() {
+                    "DEFAULT VALUES".to_owned()
+                } else {
+                    format!(
+                        "VALUES {}",
+                        new_rows
+                            .iter()
+                            .map(|r| format!("({})", r.join(", ")))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                let conflict = conflict_clause(m, insert, phase).map_err(fail)?;
+                let cols = if new_names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", new_names.join(", "))
+                };
+                format!("INSERT INTO {new_table}{cols} {values}{conflict} RETURNING *")
+            }
         }
         Statement::Update(update) => {
             if update.from.is_some() {
@@ -398,6 +376,104 @@ pub fn rewrite(
     ))
 }
 
+/// The ON CONFLICT clause for the new table: inference columns renamed, `col = EXCLUDED.col` assignments only.
+fn conflict_clause(
+    m: &Migration,
+    insert: &sqlparser::ast::Insert,
+    phase: &str,
+) -> Result<String, String> {
+    Ok(match &insert.on {
+        None => String::new(),
+        Some(OnInsert::OnConflict(oc)) => {
+            let target_cols = match &oc.conflict_target {
+                Some(sqlparser::ast::ConflictTarget::Columns(cols)) => {
+                    cols.iter().map(fold).collect::<Vec<_>>()
+                }
+                None => Vec::new(),
+                _ => {
+                    return Err(format!(
+                        "ON CONFLICT ON CONSTRAINT is not supported {phase}"
+                    ))
+                }
+            };
+            let renamed: Vec<String> = target_cols
+                .iter()
+                .map(|c| {
+                    new_value(
+                        m,
+                        c,
+                        &HashMap::from([(c.clone(), Expr::Identifier(ident(c)))]),
+                    )
+                    .map(|(n, _)| quote_ident(&n))
+                })
+                .collect::<Result<_, _>>()?;
+            let target_text = if renamed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", renamed.join(", "))
+            };
+            match &oc.action {
+                OnConflictAction::DoNothing => {
+                    format!(" ON CONFLICT{target_text} DO NOTHING")
+                }
+                OnConflictAction::DoUpdate(du) => {
+                    if du.selection.is_some() {
+                        return Err(format!(
+                            "ON CONFLICT … DO UPDATE … WHERE is not supported {phase}"
+                        ));
+                    }
+                    let mut sets = Vec::new();
+                    for a in &du.assignments {
+                        let AssignmentTarget::ColumnName(name) = &a.target else {
+                            return Err(format!(
+                                "multiple-column assignments are not supported {phase}"
+                            ));
+                        };
+                        let col = last_part(name).map(|i| fold(&i)).unwrap_or_default();
+                        let plain_excluded = matches!(&a.value, Expr::CompoundIdentifier(p)
+                            if p.len() == 2 && fold(&p[0]) == "excluded" && fold(&p[1]) == col);
+                        if !plain_excluded {
+                            return Err(format!(
+                                "ON CONFLICT DO UPDATE supports only `col = EXCLUDED.col` {phase}"
+                            ));
+                        }
+                        let (new_name, _) = new_value(
+                            m,
+                            &col,
+                            &HashMap::from([(col.clone(), Expr::Identifier(ident(&col)))]),
+                        )?;
+                        sets.push(format!("{0} = EXCLUDED.{0}", quote_ident(&new_name)));
+                    }
+                    format!(
+                        " ON CONFLICT{target_text} DO UPDATE SET {}",
+                        sets.join(", ")
+                    )
+                }
+            }
+        }
+        Some(_) => return Err("unsupported ON clause".into()),
+    })
+}
+
+/// The derived table the client's INSERT … SELECT becomes.
+const SOURCE: &str = "__pgshift_s";
+
+/// A bare `$n` in the select list takes its type from the insert's target column; inside a derived table it
+/// would become text.
+fn untyped_parameter_selected(query: &sqlparser::ast::Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    select.projection.iter().any(|item| {
+        matches!(
+            item,
+            sqlparser::ast::SelectItem::UnnamedExpr(Expr::Value(v))
+                | sqlparser::ast::SelectItem::ExprWithAlias { expr: Expr::Value(v), .. }
+                if matches!(v.value, sqlparser::ast::Value::Placeholder(_))
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{plan_with, rewritten, users_migration};
@@ -469,10 +545,29 @@ mod tests {
         for sql in [
             "UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id",
             "DELETE FROM users WHERE id IN (SELECT id FROM banned)",
-            "INSERT INTO users (fullname) SELECT name FROM imports",
+            "INSERT INTO users SELECT * FROM imports",
+            "INSERT INTO users (fullname) SELECT $1",
             "INSERT INTO users (id, fullname) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET fullname = 'b'",
         ] {
             assert!(matches!(plan_with(sql, &m, Route::New), Plan::Refuse(_)), "{sql}");
         }
+    }
+
+    #[test]
+    fn insert_select_reads_the_query_as_a_derived_table() {
+        // SQLAlchemy's multi-row insert.
+        let (sql, _) = users(
+            "INSERT INTO users (fullname, email) SELECT p0::VARCHAR, p1::VARCHAR FROM (VALUES ($1, $2, 0), ($3, $4, 1)) \
+             AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING users.id, users.id AS id__1",
+        );
+        assert!(
+            sql.starts_with(
+                "WITH __pgshift_new AS (INSERT INTO v2.users (display_name, email) \
+                 SELECT CAST(__pgshift_s.fullname AS TEXT), CAST(__pgshift_s.email AS TEXT) \
+                 FROM (SELECT p0::VARCHAR, p1::VARCHAR FROM (VALUES ($1, $2, 0), ($3, $4, 1)) \
+                 AS imp_sen (p0, p1, sen_counter) ORDER BY sen_counter) AS __pgshift_s(fullname, email) RETURNING *)"
+            ),
+            "{sql}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tokio::process::Command;
 
-fn drivers_dir() -> PathBuf {
+pub(crate) fn drivers_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/drivers")
 }
 
@@ -19,7 +19,7 @@ fn env_dir() -> PathBuf {
 }
 
 /// Installs the pinned libraries once; later runs find the stamp and skip the install.
-fn ensure_installed(kind: &str) -> PathBuf {
+pub(crate) fn ensure_installed(kind: &str) -> PathBuf {
     static LOCK: Mutex<()> = Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let (manifest, dir) = match kind {

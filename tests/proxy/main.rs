@@ -11,6 +11,7 @@ mod differential;
 mod drivers;
 mod lifecycle;
 mod migrations;
+mod orms;
 mod raw;
 mod reload;
 mod tls;
