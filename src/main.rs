@@ -146,7 +146,7 @@ async fn run(command: Cmd) -> Result<(), String> {
                     Plan::Rewrite { sql, shapes, .. } => {
                         println!("{sql}");
                         for (i, shape) in shapes.iter().enumerate() {
-                            if let Shape::Dml { tag, returning } = shape {
+                            if let Shape::Dml { tag, returning, .. } = shape {
                                 let rows = if *returning { "RETURNING rows kept" } else { "its zero-column rows dropped" };
                                 println!("-- statement {}: reply tag becomes {tag:?}, {rows}", i + 1);
                             }

@@ -4,7 +4,7 @@
 
 use super::pending::Request;
 use crate::protocol::messages::{self, encode};
-use crate::rewrite::shape::{command_tag, Shape};
+use crate::rewrite::shape::{command_tag, Origin, Shape};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -54,13 +54,13 @@ fn frame(write: impl FnOnce(&mut BytesMut)) -> Output {
     Output::Replace(buf.freeze())
 }
 
-fn retag(shape: Shape, frame_bytes: &[u8]) -> Output {
+fn retag(shape: &Shape, frame_bytes: &[u8]) -> Output {
     let Shape::Dml { tag, .. } = shape else {
         return Output::Forward;
     };
     let new_tag = messages::command_tag(frame_bytes)
         .ok()
-        .and_then(|t| command_tag(tag, t));
+        .and_then(|t| command_tag(*tag, t));
     match new_tag {
         Some(t) => frame(|b| encode::command_complete(b, &t)),
         None => Output::Forward,
@@ -68,7 +68,7 @@ fn retag(shape: Shape, frame_bytes: &[u8]) -> Output {
 }
 
 /// A rewritten write runs as a SELECT; where Postgres names the statement kind in an error, name the client's.
-fn reword_error(shape: Shape, frame_bytes: &[u8]) -> Output {
+fn reword_error(shape: &Shape, frame_bytes: &[u8]) -> Output {
     let Shape::Dml { tag, .. } = shape else {
         return Output::Forward;
     };
@@ -82,6 +82,22 @@ fn reword_error(shape: Shape, frame_bytes: &[u8]) -> Output {
         "cannot execute SELECT in a read-only transaction",
         &format!("cannot execute {verb} in a read-only transaction"),
     ) {
+        Some(frame) => Output::Replace(Bytes::from(frame)),
+        None => Output::Forward,
+    }
+}
+
+/// A routed read's RowDescription, describing its fields as the old columns they stand for.
+fn describe_as_old(shape: &Shape, frame_bytes: &[u8]) -> Output {
+    let (fields, remap): (&[Option<Origin>], &[(Origin, Origin)]) = match shape {
+        Shape::Read { fields, remap } => (fields, remap),
+        Shape::Dml {
+            origins: Some(fields),
+            ..
+        } => (fields, &[]),
+        _ => return Output::Forward,
+    };
+    match messages::patch_row_description(frame_bytes, fields, remap) {
         Some(frame) => Output::Replace(Bytes::from(frame)),
         None => Output::Forward,
     }
@@ -128,12 +144,14 @@ pub fn shape(respond: &mut Respond, request: Request, tag: u8, frame_bytes: &[u8
             _ => Output::Forward,
         },
         Respond::Statements { shapes, next } => {
-            let shape = shapes.get(*next).copied().unwrap_or(Shape::Same);
+            let shape = shapes.get(*next).unwrap_or(&Shape::Same);
             match tag {
                 b'T' | b'D' if !shape.keeps_rows() => Output::Drop,
+                b'T' => describe_as_old(shape, frame_bytes),
                 b'C' => {
+                    let out = retag(shape, frame_bytes);
                     *next += 1;
-                    retag(shape, frame_bytes)
+                    out
                 }
                 b'I' => {
                     *next += 1;
@@ -145,9 +163,10 @@ pub fn shape(respond: &mut Respond, request: Request, tag: u8, frame_bytes: &[u8
         }
         Respond::Single(shape) => match (request, tag) {
             (Request::Describe, b'T') if !shape.keeps_rows() => frame(encode::no_data),
+            (Request::Describe, b'T') => describe_as_old(shape, frame_bytes),
             (Request::Execute, b'D') if !shape.keeps_rows() => Output::Drop,
-            (Request::Execute, b'C') => retag(*shape, frame_bytes),
-            (Request::Execute, b'E') => reword_error(*shape, frame_bytes),
+            (Request::Execute, b'C') => retag(shape, frame_bytes),
+            (Request::Execute, b'E') => reword_error(shape, frame_bytes),
             _ => Output::Forward,
         },
     }
@@ -167,6 +186,7 @@ mod tests {
     const INSERT_NO_RETURNING: Shape = Shape::Dml {
         tag: DmlTag::Insert,
         returning: false,
+        origins: None,
     };
 
     #[test]
@@ -204,6 +224,7 @@ mod tests {
         let update = Shape::Dml {
             tag: DmlTag::Update,
             returning: true,
+            origins: None,
         };
         let mut r = Respond::Single(update);
         assert_eq!(shape(&mut r, Request::Execute, b'D', b"D"), Output::Forward);

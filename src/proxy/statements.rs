@@ -238,6 +238,9 @@ impl Statements {
         defaults.sort_by_key(|(name, _)| name.to_string());
         defaults.hash(&mut key);
         schema.dependents.hash(&mut key);
+        let mut origins: Vec<_> = schema.origins.iter().collect();
+        origins.sort_by_key(|(name, _)| name.to_string());
+        origins.hash(&mut key);
         let mut names: Vec<_> = schema.unqualified.iter().collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         names.hash(&mut key);
@@ -397,7 +400,7 @@ impl Statements {
             }
             Plan::Rewrite { sql, shapes, .. } => {
                 encode::parse(out, name, sql, types);
-                (ok, shapes.first().copied().unwrap_or(Shape::Same), label)
+                (ok, shapes.first().cloned().unwrap_or(Shape::Same), label)
             }
             Plan::Refuse(refusal) => {
                 encode::parse(out, name, REFUSED_SQL, types);
@@ -443,7 +446,7 @@ impl Statements {
         let portal_info = self
             .statements
             .get(statement)
-            .map_or((Shape::Same, None), |p| (p.shape, p.label.clone()));
+            .map_or((Shape::Same, None), |p| (p.shape.clone(), p.label.clone()));
         self.portals.insert(portal.to_vec(), portal_info);
         out.extend_from_slice(frame);
         entries.push(Entry::forward(Request::Bind));
@@ -453,8 +456,8 @@ impl Statements {
     pub fn on_describe(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let (kind, name) = messages::target(frame)?;
         let shape = match kind {
-            b'S' => self.statements.get(name).map(|p| p.shape),
-            _ => self.portals.get(name).map(|(shape, _)| *shape),
+            b'S' => self.statements.get(name).map(|p| p.shape.clone()),
+            _ => self.portals.get(name).map(|(shape, _)| shape.clone()),
         };
         out.extend_from_slice(frame);
         Ok(single(Request::Describe, shape, None))
@@ -463,7 +466,7 @@ impl Statements {
     pub fn on_execute(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let portal = messages::execute_portal(frame)?;
         let (shape, label) = match self.portals.get(portal) {
-            Some((shape, label)) => (Some(*shape), label.clone()),
+            Some((shape, label)) => (Some(shape.clone()), label.clone()),
             None => (None, None),
         };
         let start = out.len();
@@ -473,7 +476,7 @@ impl Statements {
         // completes with its tag. The client gets no rows either way, so no limit is needed.
         if let Some(Shape::Dml {
             returning: false, ..
-        }) = shape
+        }) = &shape
         {
             if out.len() >= start + 4 {
                 let end = out.len();
@@ -517,7 +520,7 @@ fn read_only_select(sql: &str) -> bool {
 
 fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry {
     let respond = match shape {
-        Some(shape @ Shape::Dml { .. }) => Respond::Single(shape),
+        Some(shape @ (Shape::Dml { .. } | Shape::Read { .. })) => Respond::Single(shape),
         _ => Respond::Forward,
     };
     Entry {

@@ -38,17 +38,17 @@ pub fn query(migrations: &[&Migration]) -> Option<String> {
     names.dedup();
     let names: Vec<String> = names.into_iter().map(|n| format!("({n})")).collect();
     Some(format!(
-        "SELECT kind, a, b, c, t, d FROM (\
+        "SELECT kind, a, b, c, t, d, o FROM (\
          SELECT 'c' AS kind, n.nspname::text AS a, c.relname::text AS b, a.attname::text AS c, a.attnum::int AS pos, \
          pg_catalog.format_type(a.atttypid, a.atttypmod) AS t, \
          CASE WHEN a.attidentity <> '' OR a.attgenerated <> '' THEN 'pg_catalog.nextval(NULL)' \
-         ELSE pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END AS d \
+         ELSE pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END AS d, c.oid::text || '.' || a.attnum::text AS o \
          FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
          LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE a.attnum > 0 AND NOT a.attisdropped AND (n.nspname::text, c.relname::text) IN (VALUES {}) \
          UNION ALL \
-         SELECT 'r', v.name, n.nspname::text, NULL, 0, NULL, NULL FROM (VALUES {}) AS v(name) \
+         SELECT 'r', v.name, n.nspname::text, NULL, 0, NULL, NULL, NULL FROM (VALUES {}) AS v(name) \
          JOIN pg_catalog.pg_class c ON c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident(v.name)) \
          JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          UNION ALL {DEPENDENTS}\
@@ -67,17 +67,17 @@ pub fn query(migrations: &[&Migration]) -> Option<String> {
 const DEPENDENTS: &str = "\
 SELECT CASE WHEN rw.rulename = '_RETURN' THEN 'v' ELSE 'u' END, vn.nspname::text, v.relname::text, \
   CASE WHEN rw.rulename = '_RETURN' THEN 'view ' ELSE 'rule ' || pg_catalog.quote_ident(rw.rulename) || ' on ' END \
-  || pg_catalog.quote_ident(vn.nspname) || '.' || pg_catalog.quote_ident(v.relname), 0, tn.nspname::text, t.relname::text \
+  || pg_catalog.quote_ident(vn.nspname) || '.' || pg_catalog.quote_ident(v.relname), 0, tn.nspname::text, t.relname::text, NULL \
 FROM pg_catalog.pg_depend dep JOIN pg_catalog.pg_rewrite rw ON rw.oid = dep.objid \
 JOIN pg_catalog.pg_class v ON v.oid = rw.ev_class JOIN pg_catalog.pg_namespace vn ON vn.oid = v.relnamespace \
 JOIN pg_catalog.pg_class t ON t.oid = dep.refobjid JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
 WHERE dep.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND dep.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
   AND v.oid <> t.oid AND (tn.nspname::text, t.relname::text) IN (VALUES {OLDS}) \
-GROUP BY 1, 2, 3, 4, 6, 7 \
+GROUP BY 1, 2, 3, 4, 6, 7, 8 \
 UNION ALL \
 SELECT 'g', cn.nspname::text, c.relname::text, 'trigger ' || pg_catalog.quote_ident(tg.tgname) || ' on ' \
   || pg_catalog.quote_ident(cn.nspname) || '.' || pg_catalog.quote_ident(c.relname) || ' (function ' \
-  || p.oid::pg_catalog.regprocedure::text || ')', 0, tn.nspname::text, t.relname::text \
+  || p.oid::pg_catalog.regprocedure::text || ')', 0, tn.nspname::text, t.relname::text, NULL \
 FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid \
 JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid \
 CROSS JOIN pg_catalog.pg_class t JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
@@ -87,7 +87,7 @@ WHERE NOT tg.tgisinternal AND c.oid <> t.oid AND (tn.nspname::text, t.relname::t
 UNION ALL \
 SELECT CASE WHEN p.prosrc OPERATOR(pg_catalog.~*) '\\m(insert|update|delete|merge|truncate|copy)\\M' THEN 'f' ELSE 'F' END, \
   pn.nspname::text, p.proname::text, CASE p.prokind WHEN 'p' THEN 'procedure ' ELSE 'function ' END \
-  || p.oid::pg_catalog.regprocedure::text, 0, tn.nspname::text, t.relname::text \
+  || p.oid::pg_catalog.regprocedure::text, 0, tn.nspname::text, t.relname::text, NULL \
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
 CROSS JOIN pg_catalog.pg_class t JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace \
 WHERE pn.nspname NOT IN ('pg_catalog', 'information_schema') AND p.prolang <> 13 AND p.prolang <> 12 \
@@ -119,6 +119,18 @@ pub fn parse(rows: &[Vec<Option<String>>]) -> Schema {
                     .entry(table.clone())
                     .or_default()
                     .push(default);
+                let origin = row.get(6).cloned().flatten().and_then(|o| {
+                    let (oid, attnum) = o.split_once('.')?;
+                    Some(super::shape::Origin {
+                        table_oid: oid.parse().ok()?,
+                        attnum: attnum.parse().ok()?,
+                    })
+                });
+                schema
+                    .origins
+                    .entry(table.clone())
+                    .or_default()
+                    .push(origin);
                 schema.columns.entry(table).or_default().push(field(3));
             }
             kind @ ("v" | "u" | "g" | "f" | "F") => schema.dependents.push(Dependent {

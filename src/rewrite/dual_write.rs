@@ -283,6 +283,7 @@ pub(super) fn assemble(
     let shape = Shape::Dml {
         tag,
         returning: returning.is_some(),
+        origins: None,
     };
     (text, shape)
 }
@@ -783,7 +784,8 @@ mod tests {
             shapes,
             vec![Shape::Dml {
                 tag: DmlTag::Insert,
-                returning: false
+                returning: false,
+                origins: None,
             }]
         );
     }
@@ -807,7 +809,8 @@ mod tests {
             shapes,
             vec![Shape::Dml {
                 tag: DmlTag::Insert,
-                returning: true
+                returning: true,
+                origins: None,
             }]
         );
     }
@@ -827,7 +830,8 @@ mod tests {
             shapes,
             vec![Shape::Dml {
                 tag: DmlTag::Update,
-                returning: true
+                returning: true,
+                origins: None,
             }]
         );
         let (sql, _) = users("DELETE FROM users u USING banned b WHERE u.email = b.email");

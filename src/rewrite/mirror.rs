@@ -290,6 +290,7 @@ fn build(
         Shape::Dml {
             tag: d.tag,
             returning: d.returning,
+            origins: None,
         },
     ))
 }

@@ -8,6 +8,7 @@ pub mod dual_write;
 pub mod literals;
 pub mod mirror;
 pub mod new_primary;
+pub mod origins;
 pub mod pg;
 pub mod prefilter;
 pub mod read_route;
@@ -23,6 +24,7 @@ use sqlparser::parser::Parser;
 use sqltext::name_parts;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 pub use shape::{DmlTag, Shape};
 
@@ -34,6 +36,8 @@ pub struct Schema {
     /// Each column's type (`format_type`, typmod included), in the order of `columns`. Values reach `up` and
     /// `down`, and routed reads return, in the old column's own type.
     pub types: HashMap<TableName, Vec<String>>,
+    /// Each column's table OID and attribute number, in the order of `columns` (for result metadata).
+    pub origins: HashMap<TableName, Vec<Option<shape::Origin>>>,
     /// Each column's default expression (`pg_get_expr`), `None` without one, in the order of `columns`.
     pub defaults: HashMap<TableName, Vec<Option<String>>>,
     pub unqualified: HashMap<String, TableName>,
@@ -330,6 +334,20 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
                     shapes.push(Shape::Same);
                     continue;
                 }
+                // A routed read describes its fields as the old columns they stand for.
+                let routed = actions[before..].iter().any(|a| a.what == "read_new");
+                let shape = if routed && shape == Shape::Same {
+                    let fields =
+                        origins::of_read(source.node, ctx).unwrap_or_else(|| Arc::from([]));
+                    let remap: Arc<[(shape::Origin, shape::Origin)]> = origins::remap(ctx).into();
+                    if fields.is_empty() && remap.is_empty() {
+                        shape
+                    } else {
+                        Shape::Read { fields, remap }
+                    }
+                } else {
+                    shape
+                };
                 pieces.push((pg_statement.range.clone(), text));
                 shapes.push(shape);
             }
@@ -798,6 +816,7 @@ pub(crate) mod tests {
                 ("users".to_owned(), t("public", "users")),
                 ("orders".to_owned(), t("public", "orders")),
             ]),
+            origins: HashMap::new(),
             dependents: vec![
                 Dependent {
                     kind: DependentKind::View,

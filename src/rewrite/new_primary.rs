@@ -364,7 +364,7 @@ pub fn rewrite(
             exprs.join(", ")
         ));
     }
-    Ok(assemble(
+    let (sql, mut shape) = assemble(
         with,
         [
             format!("{NEW_CTE} AS ({primary})"),
@@ -373,7 +373,12 @@ pub fn rewrite(
         returning.map(|_| outer.list),
         &from,
         tag,
-    ))
+    );
+    // The rows come from the new table: describe RETURNING fields as the old columns they stand for.
+    if let Shape::Dml { origins, .. } = &mut shape {
+        *origins = super::origins::of_returning(source.node, target, schema);
+    }
+    Ok((sql, shape))
 }
 
 /// The ON CONFLICT clause for the new table: inference columns renamed, `col = EXCLUDED.col` assignments only.
@@ -511,7 +516,8 @@ mod tests {
             shapes,
             vec![Shape::Dml {
                 tag: DmlTag::Insert,
-                returning: true
+                returning: true,
+                origins: None,
             }]
         );
     }

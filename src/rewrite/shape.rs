@@ -1,13 +1,33 @@
 //! Response shaping for rewritten statements: the client must see the replies its own statement would get.
 
 /// How a statement's responses must be reshaped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shape {
     /// Forward as the server sends it.
     Same,
     /// A DML statement sent as `WITH … SELECT … FROM __pgshift_old`: the tag `SELECT n` becomes the DML's tag,
     /// and without RETURNING the zero-column RowDescription and DataRows are dropped (Describe: NoData).
-    Dml { tag: DmlTag, returning: bool },
+    /// `origins`: RETURNING fields to describe as the old columns they stand for (`new_primary` reads them
+    /// from the new table).
+    Dml {
+        tag: DmlTag,
+        returning: bool,
+        origins: Option<std::sync::Arc<[Option<Origin>]>>,
+    },
+    /// A read routed to the new schema: RowDescription fields that come from an old column are described
+    /// as that column (table OID, attribute number), as drivers' result-set metadata expects. `fields`: by
+    /// position, where the query says; `remap`: any field Postgres describes as a new column, as its old one.
+    Read {
+        fields: std::sync::Arc<[Option<Origin>]>,
+        remap: std::sync::Arc<[(Origin, Origin)]>,
+    },
+}
+
+/// The old column an output field stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub table_oid: u32,
+    pub attnum: i16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,7 +39,7 @@ pub enum DmlTag {
 
 impl Shape {
     /// Whether RowDescription and DataRow messages of this statement reach the client.
-    pub fn keeps_rows(self) -> bool {
+    pub fn keeps_rows(&self) -> bool {
         !matches!(
             self,
             Shape::Dml {
@@ -62,12 +82,14 @@ mod tests {
         assert_eq!(command_tag(DmlTag::Delete, b"INSERT 0 1"), None);
         assert!(!Shape::Dml {
             tag: DmlTag::Insert,
-            returning: false
+            returning: false,
+            origins: None,
         }
         .keeps_rows());
         assert!(Shape::Dml {
             tag: DmlTag::Insert,
-            returning: true
+            returning: true,
+            origins: None,
         }
         .keeps_rows());
     }

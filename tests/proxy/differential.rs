@@ -444,8 +444,29 @@ impl Gen {
     }
 }
 
+/// Table OIDs by name, so row descriptions of two databases compare.
+type Tables = std::collections::HashMap<u32, String>;
+
+async fn tables(client: &Client) -> Tables {
+    client
+        .query(
+            "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname IN ('public', 'v2')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get::<_, u32>(0), r.get::<_, String>(1)))
+        .collect()
+}
+
 /// One reply message as a comparable line.
 fn describe(tag: u8, body: &[u8]) -> String {
+    describe_with(tag, body, &Tables::new())
+}
+
+fn describe_with(tag: u8, body: &[u8], tables: &Tables) -> String {
     match tag {
         b'T' => {
             let mut out = String::from("T");
@@ -456,6 +477,13 @@ fn describe(tag: u8, body: &[u8]) -> String {
                 let name = String::from_utf8_lossy(&body[at..end]).into_owned();
                 at = end + 1;
                 let f = &body[at..at + 18];
+                let table = u32::from_be_bytes(f[0..4].try_into().unwrap());
+                let attnum = i16::from_be_bytes(f[4..6].try_into().unwrap());
+                let origin = match tables.get(&table) {
+                    Some(name) => format!("{name}.{attnum}"),
+                    None if table == 0 => "-".to_owned(),
+                    None => "?".to_owned(),
+                };
                 let type_oid = u32::from_be_bytes(f[6..10].try_into().unwrap());
                 let typmod = i32::from_be_bytes(f[12..16].try_into().unwrap());
                 // Types created with the schema have different OIDs in the two databases.
@@ -464,7 +492,7 @@ fn describe(tag: u8, body: &[u8]) -> String {
                 } else {
                     type_oid.to_string()
                 };
-                write!(out, " {name}:{type_oid}:{typmod}").unwrap();
+                write!(out, " {name}:{type_oid}:{typmod}:{origin}").unwrap();
                 at += 18;
             }
             out
@@ -500,7 +528,12 @@ enum Protocol {
 }
 
 /// The statement's replies, and the pgshift refusal reason if it was refused.
-async fn run(raw: &mut Raw, c: &Case, protocol: &Protocol) -> (Vec<String>, Option<String>) {
+async fn run(
+    raw: &mut Raw,
+    c: &Case,
+    protocol: &Protocol,
+    tables: &Tables,
+) -> (Vec<String>, Option<String>) {
     match protocol {
         Protocol::Simple => raw.send(&query(&c.sql)).await,
         Protocol::Extended => {
@@ -540,7 +573,7 @@ async fn run(raw: &mut Raw, c: &Case, protocol: &Protocol) -> (Vec<String>, Opti
                 refusal = Some(pgshift::rewrite::reason_code(reason).to_owned());
             }
         }
-        lines.push(describe(tag, &body));
+        lines.push(describe_with(tag, &body, tables));
     }
     // Without ORDER BY, rows come in physical order, which the two databases need not share.
     if !c.sql.to_uppercase().contains("ORDER BY") {
@@ -645,6 +678,7 @@ async fn one_configuration(
     direct.batch_execute(SCHEMA).await.unwrap();
     direct.batch_execute(REFERENCE_TRIGGERS).await.unwrap();
     proxied.batch_execute(SCHEMA).await.unwrap();
+    let (direct_tables, proxied_tables) = (tables(&direct).await, tables(&proxied).await);
     let proxy = start_proxy(ProxyOptions {
         migrations: migrations(writes, percent),
         ..Default::default()
@@ -661,8 +695,8 @@ async fn one_configuration(
             raw.send(&query("BEGIN")).await;
             raw.read_until_ready().await;
         }
-        let (want, _) = run(&mut d, c, &protocol).await;
-        let (got, refusal) = run(&mut p, c, &protocol).await;
+        let (want, _) = run(&mut d, c, &protocol, &direct_tables).await;
+        let (got, refusal) = run(&mut p, c, &protocol, &proxied_tables).await;
         let failed = want.iter().chain(&got).any(|l| l.starts_with("E "));
         let context = format!("[{writes} {percent}% {name}] {:?} {:?}", c.sql, c.params);
         match &refusal {
