@@ -8,10 +8,10 @@
 use super::dual_write::{columns_of, delete_matching, mirror_columns, new_key, table_text};
 use super::shape::{DmlTag, Shape};
 use super::sqltext::quote_ident;
-use super::{refuse, splice, Context, Refusal, Schema, Source, Target};
+use super::{pg, refuse, splice, Context, Refusal, Schema, Source, Target};
 use crate::config::migration::{MigrationKind, WriteMode};
 use pg_query::protobuf::{self, OnConflictAction};
-use pg_query::{NodeEnum, NodeRef};
+use pg_query::NodeEnum;
 
 const OLD_CTE: &str = "__pgshift_old";
 const NEW_CTE: &str = "__pgshift_new";
@@ -147,24 +147,11 @@ fn check(
     if !d.relation.inh {
         return Err("statements with ONLY on a migrated table are not supported".into());
     }
+    // Writes anywhere else in the statement (data-modifying WITH queries) would not be mirrored.
     if let Some(with) = d.with {
-        for (n, ..) in with
-            .ctes
-            .iter()
-            .flat_map(|c| c.node.as_ref())
-            .flat_map(|n| n.nodes())
-        {
-            let relation = match n {
-                NodeRef::InsertStmt(s) => s.relation.as_ref(),
-                NodeRef::UpdateStmt(s) => s.relation.as_ref(),
-                NodeRef::DeleteStmt(s) => s.relation.as_ref(),
-                NodeRef::MergeStmt(s) => s.relation.as_ref(),
-                _ => None,
-            };
-            if relation
-                .and_then(|r| resolve(ctx, r))
-                .is_some_and(|t| t.migration.writes != WriteMode::Off)
-            {
+        for r in pg::Tree::of(with).written() {
+            let target = ctx.resolve_parts(&r.parts(), &[]);
+            if target.is_some_and(|t| t.migration.writes != WriteMode::Off) {
                 return Err(
                     "a data-modifying WITH query that writes a migrated table is not supported"
                         .into(),
@@ -200,15 +187,15 @@ fn check(
             Err("RETURNING may only name the updated table's own columns when the statement has FROM or USING".to_owned())
         };
         for item in returning.iter().flat_map(|r| &r.exprs) {
-            for (n, ..) in item.node.as_ref().map(|n| n.nodes()).unwrap_or_default() {
-                match n {
-                    NodeRef::ColumnRef(c) => match column_ref_fields(c).as_slice() {
-                        [Some(col)] if old_cols.iter().any(|o| o == col) => {}
-                        [Some(a), _] if *a == alias => {}
-                        _ => return bad(),
-                    },
-                    NodeRef::SubLink(_) => return bad(),
-                    _ => {}
+            let tree = pg::Tree::of(item);
+            if !tree.all("SubLink").is_empty() {
+                return bad();
+            }
+            for c in tree.all("ColumnRef") {
+                match pg::name_fields(c.get("fields")).as_slice() {
+                    [Some(col)] if old_cols.iter().any(|o| o == col) => {}
+                    [Some(a), _] if *a == alias => {}
+                    _ => return bad(),
                 }
             }
         }

@@ -12,6 +12,7 @@ pub mod origins;
 pub mod pg;
 pub mod prefilter;
 pub mod read_route;
+pub mod reads;
 pub mod shape;
 pub mod splice;
 pub mod sqltext;
@@ -306,6 +307,18 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
             }
             continue;
         }
+        // Plain queries are routed from Postgres's tree alone.
+        if let Some(routed) = reads::plan(&source, ctx) {
+            actions.extend(routed.actions);
+            match routed.text {
+                Some(text) => {
+                    pieces.push((pg_statement.range.clone(), text));
+                    shapes.push(read_shape(&source, ctx));
+                }
+                None => shapes.push(Shape::Same),
+            }
+            continue;
+        }
         let Some(statement) = statement else {
             match unreadable(&source, ctx, &why) {
                 Ok(mine) => actions.extend(mine),
@@ -337,14 +350,7 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
                 // A routed read describes its fields as the old columns they stand for.
                 let routed = actions[before..].iter().any(|a| a.what == "read_new");
                 let shape = if routed && shape == Shape::Same {
-                    let fields =
-                        origins::of_read(source.node, ctx).unwrap_or_else(|| Arc::from([]));
-                    let remap: Arc<[(shape::Origin, shape::Origin)]> = origins::remap(ctx).into();
-                    if fields.is_empty() && remap.is_empty() {
-                        shape
-                    } else {
-                        Shape::Read { fields, remap }
-                    }
+                    read_shape(&source, ctx)
                 } else {
                     shape
                 };
@@ -369,6 +375,17 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
         sql: out,
         shapes,
         actions,
+    }
+}
+
+/// A routed read describes its fields as the old columns they stand for.
+fn read_shape(source: &Source<'_>, ctx: &Context<'_>) -> Shape {
+    let fields = origins::of_read(source.node, ctx).unwrap_or_else(|| Arc::from([]));
+    let remap: Arc<[(shape::Origin, shape::Origin)]> = origins::remap(ctx).into();
+    if fields.is_empty() && remap.is_empty() {
+        Shape::Same
+    } else {
+        Shape::Read { fields, remap }
     }
 }
 
@@ -450,7 +467,6 @@ fn wrapped_write(source: &Source<'_>, ctx: &Context<'_>) -> Option<Result<(), Re
 /// Writes through something that writes a table whose writes are mirrored out of pgshift's sight: a view over
 /// it, a table with a rule or trigger that writes it, a function or procedure whose code writes it.
 fn invisible_write(statements: &[pg::Statement], ctx: &Context<'_>) -> Option<Refusal> {
-    use pg_query::NodeRef;
     let dependents = &ctx.schema.dependents;
     if dependents.is_empty() {
         return None;
@@ -459,42 +475,43 @@ fn invisible_write(statements: &[pg::Statement], ctx: &Context<'_>) -> Option<Re
         d.name == name && (schema.is_empty() || d.schema == schema)
     };
     for statement in statements {
-        for (node, ..) in statement.node.nodes() {
-            let (found, how) = match node {
-                NodeRef::InsertStmt(s) => (s.relation.as_ref(), "writing"),
-                NodeRef::UpdateStmt(s) => (s.relation.as_ref(), "writing"),
-                NodeRef::DeleteStmt(s) => (s.relation.as_ref(), "writing"),
-                NodeRef::MergeStmt(s) => (s.relation.as_ref(), "writing"),
-                NodeRef::CopyStmt(s) if s.is_from => (s.relation.as_ref(), "copying into"),
-                NodeRef::FuncCall(f) => {
-                    let parts: Vec<&str> = f
-                        .funcname
-                        .iter()
-                        .filter_map(|n| match &n.node {
-                            Some(pg_query::NodeEnum::String(s)) => Some(s.sval.as_str()),
-                            _ => None,
-                        })
-                        .collect();
-                    let (schema, name) = match parts.as_slice() {
-                        [name] => ("", *name),
-                        [.., schema, name] => (*schema, *name),
-                        [] => continue,
-                    };
-                    let hit = dependents
-                        .iter()
-                        .find(|d| d.is_function() && d.writes() && matches(d, schema, name));
-                    if let Some(refusal) = hit.and_then(|d| invisible(d, ctx, "calling")) {
-                        return Some(refusal);
-                    }
-                    continue;
+        let tree = pg::Tree::of(&statement.node);
+        let mut writes: Vec<(pg::Relation, &str)> =
+            tree.written().into_iter().map(|r| (r, "writing")).collect();
+        for copy in tree.all("CopyStmt") {
+            if copy.get("is_from").and_then(|f| f.as_bool()) == Some(true) {
+                if let Some(r) = copy.get("relation").and_then(pg::Relation::of) {
+                    writes.push((r, "copying into"));
                 }
-                _ => continue,
-            };
-            let Some(r) = found else { continue };
+            }
+        }
+        for (r, how) in writes {
             let hit = dependents
                 .iter()
-                .find(|d| !d.is_function() && matches(d, &r.schemaname, &r.relname));
+                .find(|d| !d.is_function() && matches(d, &r.schema, &r.name));
             if let Some(refusal) = hit.and_then(|d| invisible(d, ctx, how)) {
+                return Some(refusal);
+            }
+        }
+        // CALL's function is a typed field, not a tagged node.
+        let called = tree
+            .all("CallStmt")
+            .into_iter()
+            .filter_map(|c| c.get("funccall"));
+        for call in tree.all("FuncCall").into_iter().chain(called) {
+            let parts: Vec<String> = pg::name_fields(call.get("funcname"))
+                .into_iter()
+                .flatten()
+                .collect();
+            let (schema, name) = match parts.as_slice() {
+                [name] => ("", name.as_str()),
+                [.., schema, name] => (schema.as_str(), name.as_str()),
+                [] => continue,
+            };
+            let hit = dependents
+                .iter()
+                .find(|d| d.is_function() && d.writes() && matches(d, schema, name));
+            if let Some(refusal) = hit.and_then(|d| invisible(d, ctx, "calling")) {
                 return Some(refusal);
             }
         }
@@ -905,16 +922,38 @@ pub(crate) mod tests {
             "{}",
             r.reason
         );
-        // … a read is served from old, even while writes are mirrored.
+        // … a read is Postgres's to classify, and is routed like any other.
         for locking in ["FOR NO KEY UPDATE", "FOR KEY SHARE"] {
-            let plan = plan_with(
-                &format!("SELECT * FROM users WHERE id = 1 {locking}"),
-                &m,
-                Route::Old,
-            );
+            let sql = format!("SELECT * FROM users WHERE id = 1 {locking}");
+            let plan = plan_with(&sql, &m, Route::Old);
             assert!(matches!(plan, Plan::Forward { .. }), "{plan:?}");
-            assert_eq!(plan.actions()[0].what, "read_unrewritable");
+            assert_eq!(plan.actions()[0].what, "read_old");
+            let (routed, _) = rewritten(plan_with(&sql, &m, Route::New));
+            assert!(
+                routed.ends_with(&format!("AS users WHERE id = 1 {locking}")),
+                "{routed}"
+            );
         }
+        // What only the old table has stays there.
+        for sql in [
+            "SELECT xmin FROM users WHERE id = 1",
+            "SELECT u FROM users u",
+            "SELECT * FROM ONLY users",
+            "SELECT * FROM users TABLESAMPLE SYSTEM (10)",
+        ] {
+            let plan = plan_with(sql, &m, Route::New);
+            assert!(matches!(plan, Plan::Forward { .. }), "{sql}: {plan:?}");
+            assert_eq!(plan.actions()[0].what, "read_unrewritable", "{sql}");
+        }
+        let (sql, _) = rewritten(plan_with(
+            "SELECT public.users.id FROM public.users -- c\n WHERE public.users.email = 'x'",
+            &m,
+            Route::New,
+        ));
+        assert_eq!(
+            sql,
+            "SELECT users.id FROM (SELECT id, display_name AS fullname, email, created_at FROM v2.users) AS users -- c\n WHERE users.email = 'x'"
+        );
     }
 
     #[test]
@@ -940,10 +979,12 @@ pub(crate) mod tests {
             panic!()
         };
         assert_eq!(reason_code(&r.reason), "misread", "{}", r.reason);
-        // A read it misreads stays on old, unchanged.
-        let plan = plan_with("SELECT email ISNULL FROM users", &m, Route::New);
-        assert_eq!(plan.actions()[0].what, "read_unrewritable");
-        assert!(matches!(plan, Plan::Forward { .. }), "{plan:?}");
+        // Reads are routed from Postgres's tree: what sqlparser would misread stays as sent.
+        let (sql, _) = rewritten(plan_with("SELECT email ISNULL FROM users", &m, Route::New));
+        assert_eq!(
+            sql,
+            "SELECT email ISNULL FROM (SELECT id, display_name AS fullname, email, created_at FROM v2.users) AS users"
+        );
     }
 
     #[test]

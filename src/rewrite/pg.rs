@@ -119,6 +119,114 @@ fn strip_positions(value: &mut serde_json::Value) {
     }
 }
 
+/// A statement's tree as a value, so it can be searched completely: pg_query's own walker (`nodes()`) covers
+/// the node kinds it needs for its purposes, not every place a table, function or column can appear.
+pub struct Tree(serde_json::Value);
+
+impl Tree {
+    pub fn of<T: serde::Serialize + ?Sized>(node: &T) -> Tree {
+        Tree(serde_json::to_value(node).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Every node of `kind` (`"FuncCall"`, `"RangeVar"`, …) anywhere in the tree, in document order.
+    pub fn all(&self, kind: &str) -> Vec<&serde_json::Value> {
+        fn walk<'v>(v: &'v serde_json::Value, kind: &str, out: &mut Vec<&'v serde_json::Value>) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    for (k, child) in map {
+                        if k == kind {
+                            out.push(child);
+                        }
+                        walk(child, kind, out);
+                    }
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, kind, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.0, kind, &mut out);
+        out
+    }
+
+    /// The relations written by INSERT, UPDATE, DELETE and MERGE anywhere in the tree.
+    pub fn written(&self) -> Vec<Relation> {
+        ["InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"]
+            .iter()
+            .flat_map(|k| self.all(k))
+            .filter_map(|s| Relation::of(s.get("relation")?))
+            .collect()
+    }
+}
+
+/// A table reference (a `RangeVar`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub catalog: String,
+    pub schema: String,
+    pub name: String,
+    pub alias: Option<String>,
+    /// False for `ONLY name`.
+    pub inh: bool,
+    pub location: i32,
+}
+
+impl Relation {
+    pub fn of(v: &serde_json::Value) -> Option<Relation> {
+        let s = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Some(Relation {
+            catalog: s("catalogname"),
+            schema: s("schemaname"),
+            name: v.get("relname")?.as_str()?.to_owned(),
+            alias: v
+                .get("alias")
+                .and_then(|a| a.get("aliasname"))
+                .and_then(|a| a.as_str())
+                .map(str::to_owned),
+            inh: v.get("inh").and_then(|i| i.as_bool()).unwrap_or(true),
+            location: v.get("location").and_then(|l| l.as_i64()).unwrap_or(-1) as i32,
+        })
+    }
+
+    /// The name's parts, schema first when given.
+    pub fn parts(&self) -> Vec<String> {
+        let mut parts = Vec::new();
+        if !self.schema.is_empty() {
+            parts.push(self.schema.clone());
+        }
+        parts.push(self.name.clone());
+        parts
+    }
+}
+
+/// The string parts of a list of `String` nodes (`ColumnRef.fields`, `FuncCall.funcname`); `None` for `*`.
+pub fn name_fields(v: Option<&serde_json::Value>) -> Vec<Option<String>> {
+    v.and_then(|f| f.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    i.get("node")
+                        .and_then(|n| n.get("String"))
+                        .and_then(|s| s.get("sval"))
+                        .and_then(|s| s.as_str())
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A value's `location`.
+pub fn location(v: &serde_json::Value) -> i32 {
+    v.get("location").and_then(|l| l.as_i64()).unwrap_or(-1) as i32
+}
+
 /// How a statement Postgres parsed relates to writing tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -147,17 +255,11 @@ pub fn kind(node: &NodeEnum) -> Kind {
     if !top_is_query {
         return Kind::Other;
     }
-    let writes = node.nodes().into_iter().any(|(n, ..)| {
-        use pg_query::NodeRef as R;
-        matches!(
-            n,
-            R::InsertStmt(_)
-                | R::UpdateStmt(_)
-                | R::DeleteStmt(_)
-                | R::MergeStmt(_)
-                | R::IntoClause(_)
-        )
-    });
+    let tree = Tree::of(node);
+    let writes = ["InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"]
+        .iter()
+        .any(|k| !tree.all(k).is_empty())
+        || tree.all("into_clause").iter().any(|i| !i.is_null());
     if writes {
         Kind::Other
     } else {

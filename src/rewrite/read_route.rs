@@ -319,8 +319,8 @@ mod tests {
         .0;
         assert_eq!(
             sql,
-            "SELECT legacy_status, count(*) FROM (SELECT id, customer, CAST((lower(new_status)) AS TEXT) AS legacy_status, new_status \
-             FROM public.orders) AS Orders GROUP BY 1"
+            "SELECT legacy_status, count(*) FROM (SELECT id, customer, CAST((lower(new_status)) AS text) AS legacy_status, new_status \
+             FROM public.orders) AS orders GROUP BY 1"
         );
     }
 

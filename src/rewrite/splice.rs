@@ -224,34 +224,21 @@ pub fn outer_returning(
         let Some(val) = res.val.as_ref().and_then(|v| v.node.as_ref()) else {
             continue;
         };
-        let top_level = |c: &protobuf::ColumnRef| {
-            matches!(val, NodeEnum::ColumnRef(v) if v.location == c.location) && res.name.is_empty()
+        // Every column reference in the item, found by a complete walk of Postgres's tree.
+        let tree = pg::Tree::of(val);
+        let has_subquery = !tree.all("SubLink").is_empty();
+        let item_location = match val {
+            NodeEnum::ColumnRef(v) => Some(v.location),
+            _ => None,
         };
-        let mut refs: Vec<&protobuf::ColumnRef> = Vec::new();
-        let mut has_subquery = false;
-        if let NodeEnum::ColumnRef(c) = val {
-            refs.push(c);
-        }
-        for (n, ..) in val.nodes() {
-            match n {
-                pg_query::NodeRef::ColumnRef(c)
-                    if !refs.iter().any(|r| r.location == c.location) =>
-                {
-                    refs.push(c)
-                }
-                pg_query::NodeRef::SubLink(_) => has_subquery = true,
-                _ => {}
-            }
-        }
-        for c in refs {
-            let fields: Vec<Option<&str>> = c
-                .fields
-                .iter()
-                .map(|f| match &f.node {
-                    Some(NodeEnum::String(s)) => Some(s.sval.as_str()),
-                    _ => None, // `*`
-                })
-                .collect();
+        let refs: Vec<(Vec<Option<String>>, i32)> = tree
+            .all("ColumnRef")
+            .into_iter()
+            .map(|c| (pg::name_fields(c.get("fields")), pg::location(c)))
+            .collect();
+        for (fields, location) in &refs {
+            let top_level = item_location == Some(*location) && res.name.is_empty();
+            let fields: Vec<Option<&str>> = fields.iter().map(|f| f.as_deref()).collect();
             let three_part = fields.len() == 3
                 && fields[0] == Some(target.schema)
                 && fields[1] == Some(target.table)
@@ -273,7 +260,7 @@ pub fn outer_returning(
                     if !extras.contains(&extra) {
                         extras.push(extra);
                     }
-                    let name = if top_level(c) {
+                    let name = if top_level {
                         format!(" AS {sys}")
                     } else {
                         String::new()
@@ -290,7 +277,7 @@ pub fn outer_returning(
                     if !extras.contains(&extra) {
                         extras.push(extra);
                     }
-                    let name = if top_level(c) {
+                    let name = if top_level {
                         format!(" AS {alias}")
                     } else {
                         String::new()
@@ -305,7 +292,7 @@ pub fn outer_returning(
             if has_subquery && !matches!(val, NodeEnum::ColumnRef(_)) {
                 return Err("RETURNING with a subquery next to `*`, a system column, a whole-row reference or a three-part name is not supported".into());
             }
-            let start = usize::try_from(c.location)
+            let start = usize::try_from(*location)
                 .ok()
                 .and_then(|l| l.checked_sub(offset))
                 .ok_or("a RETURNING column could not be located")?;
