@@ -996,12 +996,21 @@ mod tests {
             "UPDATE orders SET legacy_status = random()::text",
             "INSERT INTO orders (legacy_status) VALUES (nextval('s')::text)",
             "INSERT INTO orders (legacy_status) VALUES ((SELECT s FROM t LIMIT 1))",
-            "UPDATE orders SET id = 5",
         ] {
             assert!(
                 matches!(plan_with(sql, &m, Route::Old), Plan::Refuse(_)),
                 "{sql}"
             );
+        }
+        // Deletes and updates of other columns (keys included: old and new share the row) go as sent.
+        for sql in [
+            "UPDATE orders SET id = 5",
+            "DELETE FROM orders WHERE legacy_status ISNULL",
+            "UPDATE ONLY orders SET customer = 'c' WHERE legacy_status ISNULL",
+        ] {
+            let plan = plan_with(sql, &m, Route::Old);
+            assert!(matches!(plan, Plan::Forward { .. }), "{sql}: {plan:?}");
+            assert_eq!(plan.actions()[0].what, "dual_write");
         }
     }
 }

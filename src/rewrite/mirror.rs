@@ -126,6 +126,42 @@ pub(super) fn plan<'c, 'a>(
     Some((target, planned))
 }
 
+/// `Some` for a DELETE of a column-kind migration's table, or an UPDATE that writes neither its old nor its
+/// new columns: the row's columns stay consistent without any change, so the statement goes as sent.
+pub(super) fn column_passthrough<'c, 'a>(
+    source: &Source<'_>,
+    ctx: &'c Context<'a>,
+) -> Option<Result<&'c Target<'a>, Refusal>> {
+    let d = dml(source.node)?;
+    let target = resolve(ctx, d.relation)?;
+    let m = target.migration;
+    if m.kind != MigrationKind::Column || m.writes == WriteMode::Off {
+        return None;
+    }
+    let touches = |col: &str| {
+        m.columns
+            .iter()
+            .any(|c| c.old.eq_ignore_ascii_case(col) || c.new.eq_ignore_ascii_case(col))
+    };
+    match d.tag {
+        DmlTag::Delete => {}
+        DmlTag::Update if !d.assigned.iter().any(|(col, _)| touches(col)) => {}
+        _ => return None,
+    }
+    if let Some(with) = d.with {
+        for r in pg::Tree::of(with).written() {
+            let written = ctx.resolve_parts(&r.parts(), &[]);
+            if written.is_some_and(|t| t.migration.writes != WriteMode::Off) {
+                return Some(Err(refuse(
+                    target,
+                    "a data-modifying WITH query that writes a migrated table is not supported",
+                )));
+            }
+        }
+    }
+    Some(Ok(target))
+}
+
 fn column_ref_fields(c: &protobuf::ColumnRef) -> Vec<Option<&str>> {
     c.fields
         .iter()

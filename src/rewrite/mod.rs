@@ -307,6 +307,20 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
             }
             continue;
         }
+        // Column-kind deletes, and updates of other columns, need no change.
+        match mirror::column_passthrough(&source, ctx) {
+            Some(Ok(target)) => {
+                let phase = match target.migration.writes {
+                    WriteMode::NewPrimary => "new_primary",
+                    _ => "dual_write",
+                };
+                actions.push(action(target, phase));
+                shapes.push(Shape::Same);
+                continue;
+            }
+            Some(Err(refusal)) => return Plan::Refuse(refusal),
+            None => {}
+        }
         // Plain queries are routed from Postgres's tree alone.
         if let Some(routed) = reads::plan(&source, ctx) {
             actions.extend(routed.actions);
