@@ -199,6 +199,7 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
 pub fn reason_code(reason: &str) -> &'static str {
     const CODES: &[(&str, &str)] = &[
         ("cannot parse", "parse_error"),
+        ("rejects the statement", "parse_error"),
         ("reads this statement differently", "misread"),
         ("DO block", "opaque_code"),
         ("function or procedure body", "opaque_code"),
@@ -255,8 +256,27 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
     if mentioned.is_empty() && !names_dependent {
         return Plan::Forward { actions: vec![] };
     }
-    // Postgres's own parser rejects it: so will the server, before anything runs, with its own error.
+    // Postgres's own parser rejects it: so will the server, before anything runs, with its own error. (Its
+    // grammar is version 18's; should an older server accept what it rejects, a write sqlparser can see
+    // going to a mirrored table is refused rather than sent unmirrored.)
     let Ok(pg_statements) = pg::parse(sql) else {
+        if let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) {
+            for statement in &statements {
+                let mut refusal = None;
+                let _ = visit_statements(statement, |s| {
+                    if let Some((t, _)) = dml_target(s, ctx, &[]).filter(|(t, _)| writes_active(t))
+                    {
+                        refusal.get_or_insert_with(|| {
+                            refuse(t, format!("Postgres's parser (version 18) rejects the statement, so pgshift cannot tell how it writes {}", t.migration.table))
+                        });
+                    }
+                    ControlFlow::<()>::Continue(())
+                });
+                if let Some(refusal) = refusal {
+                    return Plan::Refuse(refusal);
+                }
+            }
+        }
         return Plan::Forward { actions: vec![] };
     };
     if let Some(refusal) = opaque_code(&pg_statements, ctx) {
