@@ -128,7 +128,8 @@ impl Tree {
         Tree(serde_json::to_value(node).unwrap_or(serde_json::Value::Null))
     }
 
-    /// Every node of `kind` (`"FuncCall"`, `"RangeVar"`, …) anywhere in the tree, in document order.
+    /// Every node of `kind` (`"FuncCall"`, `"RangeVar"`, …) anywhere in the tree (in no meaningful order:
+    /// use their locations).
     pub fn all(&self, kind: &str) -> Vec<&serde_json::Value> {
         fn walk<'v>(v: &'v serde_json::Value, kind: &str, out: &mut Vec<&'v serde_json::Value>) {
             match v {
@@ -388,6 +389,36 @@ mod tests {
         let atomic = b("CREATE FUNCTION f() RETURNS void LANGUAGE sql BEGIN ATOMIC INSERT INTO users VALUES (1); END");
         assert!(atomic.iter().any(|s| s.contains("users")), "{atomic:?}");
         assert!(b("SELECT 1").is_empty());
+    }
+
+    #[test]
+    fn the_tree_walk_finds_what_pg_querys_own_walker_misses() {
+        let sql =
+            "SELECT CASE WHEN true THEN touch(1) END, xmin FROM users TABLESAMPLE SYSTEM (1) \
+                   WHERE id IN (SELECT user_id FROM orders) FOR UPDATE OF users";
+        let node = &parse(sql).unwrap()[0].node;
+        let tree = Tree::of(node);
+        let calls: Vec<Vec<Option<String>>> = tree
+            .all("FuncCall")
+            .into_iter()
+            .map(|f| name_fields(f.get("funcname")))
+            .collect();
+        assert_eq!(calls, [vec![Some("touch".to_owned())]]);
+        let mut tables: Vec<(i32, String)> = tree
+            .all("RangeVar")
+            .into_iter()
+            .filter_map(Relation::of)
+            .map(|r| (r.location, r.name))
+            .collect();
+        tables.sort();
+        let names: Vec<&str> = tables.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["users", "orders", "users"]);
+        let node = &parse("WITH d AS (DELETE FROM public.users RETURNING id) SELECT * FROM d")
+            .unwrap()[0]
+            .node;
+        let written = Tree::of(node).written();
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].parts(), ["public", "users"]);
     }
 
     #[test]
