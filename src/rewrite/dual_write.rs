@@ -260,7 +260,7 @@ pub(super) fn delete_matching(table: &str, source: &str, key_pairs: &[(String, S
 /// `WITH [client CTEs,] <primary>, <mirror> SELECT <client RETURNING list> FROM <from>`, and its reply shape.
 /// `returning` is the client's list as the outer SELECT reads it ([`splice::outer_returning`]).
 pub(super) fn assemble(
-    with: Option<With>,
+    client_ctes: Option<(bool, Vec<String>)>,
     ours: [String; 2],
     returning: Option<String>,
     from: &str,
@@ -268,9 +268,9 @@ pub(super) fn assemble(
 ) -> (String, Shape) {
     let mut ctes = Vec::new();
     let mut recursive = false;
-    if let Some(with) = with {
-        recursive = with.recursive;
-        ctes.extend(with.cte_tables.iter().map(|c| c.to_string()));
+    if let Some((r, client)) = client_ctes {
+        recursive = r;
+        ctes.extend(client);
     }
     ctes.extend(ours);
     let list = returning.as_deref().unwrap_or_default();

@@ -104,7 +104,6 @@ pub fn rewrite(
         unreachable!("column kind new_primary is handled with the dual-write transform");
     }
     let new_table = table_text(m.new_table.as_ref().expect("table kind has new_table"));
-    let old_table = table_text(&m.table);
     let old_cols = columns_of(schema, &m.table).map_err(fail)?.clone();
     let new_cols = columns_of(
         schema,
@@ -313,6 +312,45 @@ pub fn rewrite(
         _ => return Err(fail("not a DML statement".into())),
     };
 
+    let client_ctes = with.map(|w| {
+        (
+            w.recursive,
+            w.cte_tables.iter().map(|c| c.to_string()).collect(),
+        )
+    });
+    finish(
+        &primary,
+        client_ctes,
+        returning.is_some(),
+        tag,
+        target,
+        schema,
+        source,
+    )
+    .map_err(fail)
+}
+
+/// The statement around the write to the new table (`primary`, which returns the new rows): the rows mirrored
+/// back to old in old's shape, and the client's RETURNING read from them in old's shape and types.
+pub(super) fn finish(
+    primary: &str,
+    client_ctes: Option<(bool, Vec<String>)>,
+    returning: bool,
+    tag: DmlTag,
+    target: &Target<'_>,
+    schema: &Schema,
+    source: &Source<'_>,
+) -> Result<(String, Shape), String> {
+    let m = target.migration;
+    let phase = "with writes = \"new_primary\"";
+    let old_table = table_text(&m.table);
+    let old_cols = columns_of(schema, &m.table)?.clone();
+    let new_cols = columns_of(
+        schema,
+        m.new_table.as_ref().expect("table kind has new_table"),
+    )?
+    .clone();
+    let old = old_from_new(m, &old_cols)?;
     // Mirror the touched rows back to old, in old's shape.
     let key = new_key(m);
     let mirror = match tag {
@@ -333,9 +371,9 @@ pub fn rewrite(
             delete_matching(&old_table, NEW_CTE, &pairs)
         }
     };
-    let shaped = old_shape_select(m, schema, Some(NEW_CTE)).map_err(fail)?;
+    let shaped = old_shape_select(m, schema, Some(NEW_CTE))?;
     // The rows come from the new table: system columns and whole-row references of old have no value here.
-    let pg_alias = splice::target_alias(source.node).map_err(fail)?;
+    let pg_alias = splice::target_alias(source.node)?;
     let outer = splice::outer_returning(
         source.text,
         source.offset,
@@ -348,11 +386,11 @@ pub fn rewrite(
         },
         false,
     )
-    .map_err(|e| fail(format!("{e} {phase}")))?;
-    let mut from = format!("({shaped}) AS {alias_ident}");
+    .map_err(|e| format!("{e} {phase}"))?;
+    let mut from = format!("({shaped}) AS {}", quote_ident(&pg_alias));
     // Postgres rejects aggregates, window and set-returning functions in RETURNING; the outer SELECT would
     // accept them. A WHERE clause rejects them as well (same SQLSTATEs), and `false AND …` never evaluates.
-    let parts = splice::dml_parts(source.text, source.offset, source.node).map_err(fail)?;
+    let parts = splice::dml_parts(source.text, source.offset, source.node)?;
     if !parts.returning_exprs.is_empty() {
         let exprs: Vec<&str> = parts
             .returning_exprs
@@ -365,12 +403,12 @@ pub fn rewrite(
         ));
     }
     let (sql, mut shape) = assemble(
-        with,
+        client_ctes,
         [
             format!("{NEW_CTE} AS ({primary})"),
             format!("{OLD_CTE} AS ({mirror})"),
         ],
-        returning.map(|_| outer.list),
+        returning.then_some(outer.list),
         &from,
         tag,
     );
