@@ -19,13 +19,13 @@ const NEW_CTE: &str = "__pgshift_new";
 const CHECK_COLUMN: &str = "__pgshift_check";
 
 /// The statement's DML parts, as Postgres parsed them.
-struct Dml<'n> {
-    tag: DmlTag,
-    relation: &'n protobuf::RangeVar,
+pub(super) struct Dml<'n> {
+    pub tag: DmlTag,
+    pub relation: &'n protobuf::RangeVar,
     with: Option<&'n protobuf::WithClause>,
-    returning: bool,
+    pub returning: bool,
     /// FROM of an UPDATE, USING of a DELETE.
-    other_tables: bool,
+    pub other_tables: bool,
     /// Columns the statement assigns, with the value assigned (UPDATE SET, ON CONFLICT DO UPDATE SET).
     assigned: Vec<(&'n str, Option<&'n protobuf::Node>)>,
     /// The ON CONFLICT inference columns, when the statement has `DO UPDATE`.
@@ -42,7 +42,7 @@ fn targets(list: &[protobuf::Node]) -> Vec<(&str, Option<&protobuf::Node>)> {
         .collect()
 }
 
-fn dml(node: &NodeEnum) -> Option<Dml<'_>> {
+pub(super) fn dml(node: &NodeEnum) -> Option<Dml<'_>> {
     match node {
         NodeEnum::InsertStmt(s) => {
             let (assigned, conflict) = match s.on_conflict_clause.as_deref() {
@@ -97,7 +97,10 @@ fn dml(node: &NodeEnum) -> Option<Dml<'_>> {
 }
 
 /// The migrated table a RangeVar names, if any.
-fn resolve<'c, 'a>(ctx: &'c Context<'a>, r: &protobuf::RangeVar) -> Option<&'c Target<'a>> {
+pub(super) fn resolve<'c, 'a>(
+    ctx: &'c Context<'a>,
+    r: &protobuf::RangeVar,
+) -> Option<&'c Target<'a>> {
     let mut parts = Vec::new();
     if !r.schemaname.is_empty() {
         parts.push(r.schemaname.clone());
@@ -173,7 +176,7 @@ fn column_ref_fields(c: &protobuf::ColumnRef) -> Vec<Option<&str>> {
 }
 
 /// What the dual write cannot mirror faithfully.
-fn check(
+pub(super) fn check(
     d: &Dml<'_>,
     source: &Source<'_>,
     ctx: &Context<'_>,

@@ -11,6 +11,7 @@ pub mod new_primary;
 pub mod origins;
 pub mod pg;
 pub mod prefilter;
+pub mod primary;
 pub mod read_route;
 pub mod reads;
 pub mod shape;
@@ -320,6 +321,18 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
             match planned {
                 Ok((text, shape)) => {
                     actions.push(action(target, "dual_write"));
+                    pieces.push((pg_statement.range.clone(), text));
+                    shapes.push(shape);
+                }
+                Err(refusal) => return Plan::Refuse(refusal),
+            }
+            continue;
+        }
+        // new_primary table writes, from Postgres's tree where it covers the form.
+        if let Some((target, planned)) = primary::plan(&source, ctx) {
+            match planned {
+                Ok((text, shape)) => {
+                    actions.push(action(target, "new_primary"));
                     pieces.push((pg_statement.range.clone(), text));
                     shapes.push(shape);
                 }

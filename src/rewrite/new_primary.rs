@@ -546,7 +546,7 @@ mod tests {
         assert_eq!(
             sql,
             format!(
-                "WITH __pgshift_new AS (INSERT INTO v2.users (display_name, email) VALUES ($1, $2) RETURNING *), \
+                "WITH __pgshift_new AS (INSERT INTO v2.users AS users (display_name, email) VALUES ($1, $2) RETURNING users.*), \
                  {MIRROR} SELECT id, fullname FROM {SHAPE} AS users"
             )
         );
@@ -568,7 +568,7 @@ mod tests {
         assert_eq!(
             sql,
             format!(
-                "WITH __pgshift_new AS (UPDATE v2.users AS u SET display_name = (upper(display_name)), email = ($1) \
+                "WITH __pgshift_new AS (UPDATE v2.users u SET display_name = upper(u.display_name), email = $1 \
                  WHERE display_name = $2 RETURNING u.*), {MIRROR} SELECT FROM {SHAPE} AS u"
             )
         );
@@ -587,29 +587,52 @@ mod tests {
     fn risky_forms_are_refused() {
         let m = [users_migration(WriteMode::NewPrimary)];
         for sql in [
-            "UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id",
+            "UPDATE users SET email = b.email FROM banned b WHERE id = b.id",
             "DELETE FROM users WHERE id IN (SELECT id FROM banned)",
             "INSERT INTO users SELECT * FROM imports",
-            "INSERT INTO users (fullname) SELECT $1",
-            "INSERT INTO users (id, fullname) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET fullname = 'b'",
+            "INSERT INTO users (id, fullname) VALUES (1, 'a') ON CONFLICT ON CONSTRAINT users_pkey DO NOTHING",
         ] {
             assert!(matches!(plan_with(sql, &m, Route::New), Plan::Refuse(_)), "{sql}");
         }
     }
 
     #[test]
+    fn statements_are_spliced_onto_the_new_table() {
+        // Correlated subqueries, FROM, upserts: qualified references are translated, the rest kept as sent.
+        let (sql, _) = users(
+            "UPDATE users SET fullname = (SELECT count(*) FROM orders WHERE orders.user_id = users.id)::text \
+             /* c */ WHERE users.email ISNULL",
+        );
+        assert!(
+            sql.starts_with(
+                "WITH __pgshift_new AS (UPDATE v2.users AS users SET display_name = (SELECT count(*) FROM orders \
+                 WHERE orders.user_id = users.id)::text /* c */ WHERE users.email ISNULL RETURNING users.*)"
+            ),
+            "{sql}"
+        );
+        let (sql, _) = users(
+            "INSERT INTO users (id, fullname) VALUES (1, 'a') ON CONFLICT (id) DO UPDATE SET fullname = EXCLUDED.fullname || users.fullname",
+        );
+        assert!(
+            sql.starts_with(
+                "WITH __pgshift_new AS (INSERT INTO v2.users AS users (id, display_name) VALUES (1, 'a') ON CONFLICT (id) \
+                 DO UPDATE SET display_name = excluded.display_name || users.display_name RETURNING users.*)"
+            ),
+            "{sql}"
+        );
+    }
+
+    #[test]
     fn insert_select_reads_the_query_as_a_derived_table() {
-        // SQLAlchemy's multi-row insert.
+        // SQLAlchemy's multi-row insert: nothing to convert, so it is spliced onto the new table as it is.
         let (sql, _) = users(
             "INSERT INTO users (fullname, email) SELECT p0::VARCHAR, p1::VARCHAR FROM (VALUES ($1, $2, 0), ($3, $4, 1)) \
              AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING users.id, users.id AS id__1",
         );
         assert!(
             sql.starts_with(
-                "WITH __pgshift_new AS (INSERT INTO v2.users (display_name, email) \
-                 SELECT CAST(__pgshift_s.fullname AS TEXT), CAST(__pgshift_s.email AS TEXT) \
-                 FROM (SELECT p0::VARCHAR, p1::VARCHAR FROM (VALUES ($1, $2, 0), ($3, $4, 1)) \
-                 AS imp_sen (p0, p1, sen_counter) ORDER BY sen_counter) AS __pgshift_s(fullname, email) RETURNING *)"
+                "WITH __pgshift_new AS (INSERT INTO v2.users AS users (display_name, email) SELECT p0::VARCHAR, p1::VARCHAR \
+                 FROM (VALUES ($1, $2, 0), ($3, $4, 1)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING users.*)"
             ),
             "{sql}"
         );
