@@ -254,18 +254,7 @@ fn build(
     let parts = splice::dml_parts(source.text, source.offset, source.node)?;
     let text = source.text;
     let pg_alias = splice::target_alias(source.node)?;
-    let outer = splice::outer_returning(
-        text,
-        source.offset,
-        source.node,
-        &splice::TargetNames {
-            alias: &pg_alias,
-            schema: &m.table.schema,
-            table: &m.table.name,
-            columns: old_cols,
-        },
-        true,
-    )?;
+    let outer = splice::returning_for(source, m, old_cols, true)?;
     let alias = quote_ident(&pg_alias);
     let mut inner_returning = vec![format!("{alias}.*")];
     inner_returning.extend(outer.extras.iter().cloned());

@@ -410,14 +410,17 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
     if pieces.is_empty() {
         return Plan::Forward { actions };
     }
-    let mut out = String::with_capacity(sql.len() * 2);
-    let mut at = 0;
-    for (range, text) in pieces {
-        out.push_str(&sql[at..range.start]);
-        out.push_str(&text);
-        at = range.end;
-    }
-    out.push_str(&sql[at..]);
+    // Statements' ranges come from Postgres's parse, in order and apart; should they not be, refuse.
+    let out = match (splice::apply(sql, 0..sql.len(), pieces), mentioned.first()) {
+        (Ok(out), _) => out,
+        (Err(e), Some(t)) => {
+            return Plan::Refuse(refuse(
+                t,
+                format!("pgshift cannot parse the statement ({e})"),
+            ))
+        }
+        (Err(_), None) => return Plan::Forward { actions },
+    };
     Plan::Rewrite {
         sql: out,
         shapes,

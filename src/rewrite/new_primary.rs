@@ -374,19 +374,8 @@ pub(super) fn finish(
     let shaped = old_shape_select(m, schema, Some(NEW_CTE))?;
     // The rows come from the new table: system columns and whole-row references of old have no value here.
     let pg_alias = splice::target_alias(source.node)?;
-    let outer = splice::outer_returning(
-        source.text,
-        source.offset,
-        source.node,
-        &splice::TargetNames {
-            alias: &pg_alias,
-            schema: &m.table.schema,
-            table: &m.table.name,
-            columns: &old_cols,
-        },
-        false,
-    )
-    .map_err(|e| format!("{e} {phase}"))?;
+    let outer =
+        splice::returning_for(source, m, &old_cols, false).map_err(|e| format!("{e} {phase}"))?;
     let mut from = format!("({shaped}) AS {}", quote_ident(&pg_alias));
     // Postgres rejects aggregates, window and set-returning functions in RETURNING; the outer SELECT would
     // accept them. A WHERE clause rejects them as well (same SQLSTATEs), and `false AND …` never evaluates.

@@ -117,23 +117,11 @@ fn apply(
     range: Range<usize>,
     edits: &mut Vec<(Range<usize>, String)>,
 ) -> Result<String, String> {
-    let (mut inside, outside): (Vec<_>, Vec<_>) = edits
+    let (inside, outside): (Vec<_>, Vec<_>) = edits
         .drain(..)
         .partition(|(r, _)| r.start >= range.start && r.end <= range.end);
     *edits = outside;
-    inside.sort_by_key(|(r, _)| r.start);
-    let mut out = String::new();
-    let mut at = range.start;
-    for (r, replacement) in inside {
-        if r.start < at {
-            return Err("overlapping edits".into());
-        }
-        out.push_str(&text[at..r.start]);
-        out.push_str(&replacement);
-        at = r.end;
-    }
-    out.push_str(&text[at..range.end]);
-    Ok(out)
+    splice::apply(text, range, inside)
 }
 
 /// The write to the new table, or `None` for forms left to the older translation.

@@ -195,19 +195,7 @@ fn splice(
             _ => {}
         }
     }
-    edits.sort_by_key(|(r, _)| r.start);
-    let mut out = String::with_capacity(source.text.len() * 2);
-    let mut pos = 0;
-    for (range, text) in edits {
-        if range.start < pos {
-            return Err(());
-        }
-        out.push_str(&source.text[pos..range.start]);
-        out.push_str(&text);
-        pos = range.end;
-    }
-    out.push_str(&source.text[pos..]);
-    Ok(out)
+    super::splice::apply(source.text, 0..source.text.len(), edits).map_err(|_| ())
 }
 
 /// A routed reference as the rest of the statement may name it: its alias (or bare table name), its

@@ -311,19 +311,51 @@ pub fn outer_returning(
             edits.push((toks[first].start..toks[last].end, replacement));
         }
     }
-    edits.sort_by_key(|(r, _)| r.start);
-    let mut list = String::new();
-    let mut at = list_range.start;
-    for (range, replacement) in edits {
-        if range.start < at {
-            return Err("overlapping RETURNING edits".into());
-        }
-        list.push_str(&text[at..range.start]);
-        list.push_str(&replacement);
-        at = range.end;
-    }
-    list.push_str(&text[at..list_range.end]);
+    let list = apply(text, list_range, edits)?;
     Ok(OuterReturning { list, extras })
+}
+
+/// `outer_returning` for the target of a migration, named as the statement names it.
+pub fn returning_for(
+    source: &super::Source<'_>,
+    m: &crate::config::migration::Migration,
+    old_cols: &[String],
+    extras_allowed: bool,
+) -> Result<OuterReturning, String> {
+    let alias = target_alias(source.node)?;
+    outer_returning(
+        source.text,
+        source.offset,
+        source.node,
+        &TargetNames {
+            alias: &alias,
+            schema: &m.table.schema,
+            table: &m.table.name,
+            columns: old_cols,
+        },
+        extras_allowed,
+    )
+}
+
+/// `text[range]` with each edit's range replaced by its text. Edits must lie inside `range` and not overlap.
+pub fn apply(
+    text: &str,
+    range: Range<usize>,
+    mut edits: Vec<(Range<usize>, String)>,
+) -> Result<String, String> {
+    edits.sort_by_key(|(r, _)| r.start);
+    let mut out = String::with_capacity(range.len() + 64);
+    let mut at = range.start;
+    for (r, replacement) in edits {
+        if r.start < at || r.end > range.end {
+            return Err("overlapping edits".into());
+        }
+        out.push_str(&text[at..r.start]);
+        out.push_str(&replacement);
+        at = r.end;
+    }
+    out.push_str(&text[at..range.end]);
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -59,7 +59,9 @@ END $$;
 CREATE TRIGGER mirror_orders BEFORE INSERT OR UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION mirror_orders();
 ";
 
-fn migrations(writes: &str, percent: u32) -> String {
+/// Both migrations: `users` → `v2.users` (table kind), `orders.legacy_status` → `new_status` (column kind, with
+/// an invertible mapping, so `new_primary` stores what the client wrote).
+pub(crate) fn migrations(writes: &str, percent: u32) -> String {
     format!(
         "[[migration]]\nname = \"users_v2\"\nkind = \"table\"\ntable = \"public.users\"\nnew_table = \"v2.users\"\n\
          key = [\"id\"]\ncolumns = [{{ old = \"fullname\", new = \"display_name\" }}]\nwrites = \"{writes}\"\n\

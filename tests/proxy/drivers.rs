@@ -93,17 +93,22 @@ fn command(driver: &str) -> Command {
 }
 
 async fn scenarios(driver: &str, url: &str) -> Vec<String> {
-    let out = command(driver)
+    output_lines(command(driver), &format!("{driver} scenarios"), url).await
+}
+
+/// Runs `cmd URL` (in UTC) and returns its output lines; fails the test with its output if it fails.
+pub(crate) async fn output_lines(mut cmd: Command, what: &str, url: &str) -> Vec<String> {
+    let out = cmd
         .arg(url)
         .env("PGTZ", "UTC")
         .env("TZ", "UTC")
         .kill_on_drop(true)
         .output()
         .await
-        .unwrap_or_else(|e| panic!("cannot run the {driver} scenarios: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run the {what}: {e}"));
     assert!(
         out.status.success(),
-        "{driver} scenarios failed against {url}:\n{}\n{}",
+        "{what} failed against {url}:\n{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

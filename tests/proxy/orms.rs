@@ -2,7 +2,8 @@
 //! directly and through pgshift (dual_write with reads at 0 % and 100 %, then new_primary), and must see exactly
 //! the same values; afterwards old and new must agree through the mapping.
 
-use crate::drivers::{drivers_dir, ensure_installed};
+use crate::differential::migrations;
+use crate::drivers::{drivers_dir, ensure_installed, output_lines};
 use crate::support::{cluster, connect, fresh_db, start_proxy, ProxyOptions};
 use tokio::process::Command;
 use tokio_postgres::Client;
@@ -15,17 +16,6 @@ CREATE TABLE v2.users (id bigint PRIMARY KEY DEFAULT nextval('users_id_seq'), di
 CREATE TABLE orders (id bigserial PRIMARY KEY, user_id bigint REFERENCES users (id) ON DELETE SET NULL,
                      legacy_status text DEFAULT 'open', new_status text, amount numeric(10,2) NOT NULL DEFAULT 0);
 ";
-
-fn migrations(writes: &str, percent: u32) -> String {
-    format!(
-        "[[migration]]\nname = \"users_v2\"\nkind = \"table\"\ntable = \"public.users\"\nnew_table = \"v2.users\"\n\
-         key = [\"id\"]\ncolumns = [{{ old = \"fullname\", new = \"display_name\" }}]\nwrites = \"{writes}\"\n\
-         [migration.reads]\nnew_percent = {percent}\n\n\
-         [[migration]]\nname = \"orders_status\"\nkind = \"column\"\ntable = \"public.orders\"\nkey = [\"id\"]\n\
-         columns = [{{ old = \"legacy_status\", new = \"new_status\", up = \"'s:' || reverse(legacy_status)\", down = \"reverse(substr(new_status, 3))\" }}]\n\
-         writes = \"{writes}\"\n[migration.reads]\nnew_percent = {percent}\n"
-    )
-}
 
 /// The pgjdbc jar: Debian's `libpostgresql-jdbc-java`.
 const JDBC_JAR: &str = "/usr/share/java/postgresql.jar";
@@ -81,25 +71,7 @@ fn command(orm: &str) -> Command {
 }
 
 async fn workload(orm: &str, url: &str) -> Vec<String> {
-    let out = command(orm)
-        .arg(url)
-        .env("PGTZ", "UTC")
-        .env("TZ", "UTC")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run the {orm} workload: {e}"));
-    assert!(
-        out.status.success(),
-        "{orm} workload failed against {url}:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    output_lines(command(orm), &format!("{orm} workload"), url).await
 }
 
 async fn rows(client: &Client, sql: &str) -> Vec<String> {
