@@ -296,7 +296,7 @@ pub(super) fn parse_expr(sql: &str) -> Result<Expr, String> {
 }
 
 /// Functions that give the same result when evaluated twice in one statement.
-const REPEATABLE_FUNCTIONS: &[&str] = &[
+pub(super) const REPEATABLE_FUNCTIONS: &[&str] = &[
     "lower",
     "upper",
     "trim",
@@ -896,8 +896,8 @@ mod tests {
     fn column_insert_adds_the_new_column() {
         assert_eq!(
             orders("INSERT INTO orders (customer, legacy_status) VALUES ($1, $2), ('b', 'paid') RETURNING id"),
-            "INSERT INTO orders (customer, legacy_status, new_status) VALUES ($1, $2, upper((CAST(($2) AS TEXT)))), \
-             ('b', 'paid', upper((CAST(('paid') AS TEXT)))) RETURNING id"
+            "INSERT INTO orders (customer, legacy_status, new_status) VALUES ($1, $2, upper(CAST(($2) AS text))), \
+             ('b', 'paid', upper(CAST(('paid') AS text))) RETURNING id"
         );
         assert_eq!(
             orders("INSERT INTO orders VALUES (1, 'c', 'new')"),
@@ -910,11 +910,11 @@ mod tests {
         // Old left out or DEFAULT: new is computed from old's default (or NULL), cast to old's type.
         assert_eq!(
             orders("INSERT INTO orders (customer) VALUES ('c')"),
-            "INSERT INTO orders (customer, new_status) VALUES ('c', upper((CAST(('open'::TEXT) AS TEXT))))"
+            "INSERT INTO orders (customer, new_status) VALUES ('c', upper(CAST(('open'::text) AS text)))"
         );
         assert_eq!(
             orders("INSERT INTO orders (customer, legacy_status) VALUES ('c', DEFAULT)"),
-            "INSERT INTO orders (customer, legacy_status, new_status) VALUES ('c', DEFAULT, upper((CAST(('open'::TEXT) AS TEXT))))"
+            "INSERT INTO orders (customer, legacy_status, new_status) VALUES ('c', DEFAULT, upper(CAST(('open'::text) AS text)))"
         );
         assert_eq!(
             orders("INSERT INTO orders DEFAULT VALUES"),
@@ -943,14 +943,14 @@ mod tests {
     fn column_update_and_upsert() {
         assert_eq!(
             orders("UPDATE orders SET legacy_status = $1 WHERE id = $2"),
-            "UPDATE orders SET legacy_status = $1, new_status = upper((CAST(($1) AS TEXT))) WHERE id = $2"
+            "UPDATE orders SET legacy_status = $1, new_status = upper(CAST(($1) AS text)) WHERE id = $2"
         );
         assert_eq!(
             orders(
                 "INSERT INTO orders (id, legacy_status) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET legacy_status = EXCLUDED.legacy_status"
             ),
-            "INSERT INTO orders (id, legacy_status, new_status) VALUES (1, 'x', upper((CAST(('x') AS TEXT)))) ON CONFLICT(id) \
-             DO UPDATE SET legacy_status = EXCLUDED.legacy_status, new_status = upper((CAST((EXCLUDED.legacy_status) AS TEXT)))"
+            "INSERT INTO orders (id, legacy_status, new_status) VALUES (1, 'x', upper(CAST(('x') AS text))) ON CONFLICT (id) \
+             DO UPDATE SET legacy_status = EXCLUDED.legacy_status, new_status = upper(CAST((EXCLUDED.legacy_status) AS text))"
         );
         // Statements that already write the new column are left alone.
         let m = [orders_migration(WriteMode::DualWrite)];
@@ -973,8 +973,8 @@ mod tests {
         .0;
         assert_eq!(
             sql,
-            "UPDATE orders SET legacy_status = lower((CAST((upper((CAST(($1) AS TEXT)))) AS TEXT))), \
-             new_status = upper((CAST(($1) AS TEXT))) WHERE id = $2"
+            "UPDATE orders SET legacy_status = lower(CAST((upper(CAST(($1) AS text))) AS text)), \
+             new_status = upper(CAST(($1) AS text)) WHERE id = $2"
         );
         let sql = rewritten(plan_with(
             "INSERT INTO orders (legacy_status) VALUES ('Paid')",
@@ -984,8 +984,8 @@ mod tests {
         .0;
         assert_eq!(
             sql,
-            "INSERT INTO orders (legacy_status, new_status) VALUES (lower((CAST((upper((CAST(('Paid') AS TEXT)))) AS TEXT))), \
-             upper((CAST(('Paid') AS TEXT))))"
+            "INSERT INTO orders (legacy_status, new_status) VALUES (lower(CAST((upper(CAST(('Paid') AS text))) AS text)), \
+             upper(CAST(('Paid') AS text)))"
         );
     }
 

@@ -22,7 +22,7 @@ const CHECK_COLUMN: &str = "__pgshift_check";
 pub(super) struct Dml<'n> {
     pub tag: DmlTag,
     pub relation: &'n protobuf::RangeVar,
-    with: Option<&'n protobuf::WithClause>,
+    pub with: Option<&'n protobuf::WithClause>,
     pub returning: bool,
     /// FROM of an UPDATE, USING of a DELETE.
     pub other_tables: bool,

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod catalog;
+pub mod column;
 pub mod dual_write;
 pub mod literals;
 pub mod mirror;
@@ -353,6 +354,22 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
             }
             Some(Err(refusal)) => return Plan::Refuse(refusal),
             None => {}
+        }
+        // Column-kind writes of the migrated column, from Postgres's tree where it covers the form.
+        if let Some((target, planned)) = column::plan(&source, ctx) {
+            match planned {
+                Ok((text, shape)) => {
+                    let phase = match target.migration.writes {
+                        WriteMode::NewPrimary => "new_primary",
+                        _ => "dual_write",
+                    };
+                    actions.push(action(target, phase));
+                    pieces.push((pg_statement.range.clone(), text));
+                    shapes.push(shape);
+                }
+                Err(refusal) => return Plan::Refuse(refusal),
+            }
+            continue;
         }
         // Plain queries are routed from Postgres's tree alone.
         if let Some(routed) = reads::plan(&source, ctx) {
@@ -957,10 +974,10 @@ pub(crate) mod tests {
             plan_with("UPDATE users SET x = 1 WHERE id IN (SELEC", &m, Route::Old),
             Plan::Forward { actions: vec![] }
         );
-        // Valid for Postgres, unreadable for sqlparser: a write sqlparser must plan is refused…
+        // Valid for Postgres, unreadable for sqlparser: a write only sqlparser's transform covers is refused…
         let o = [orders_migration(WriteMode::DualWrite)];
         let Plan::Refuse(r) = plan_with(
-            "UPDATE public.orders SET legacy_status = 'x' WHERE customer ISNULL",
+            "INSERT INTO public.orders (customer, legacy_status) SELECT name, status FROM imports WHERE name ISNULL",
             &o,
             Route::Old,
         ) else {

@@ -81,7 +81,7 @@ fn column<'m>(m: &'m Migration, old: &str) -> Column<'m> {
 }
 
 /// An expression of the config (`up`, `down`) with each column reference replaced by `replace(name)`.
-fn substitute(
+pub(super) fn substitute(
     expr: &str,
     mut replace: impl FnMut(&str) -> Result<Option<String>, String>,
 ) -> Result<String, String> {
@@ -112,7 +112,7 @@ fn substitute(
 }
 
 /// `text[range]` with the edits that lie inside it applied (and taken out of `edits`).
-fn apply(
+pub(super) fn apply(
     text: &str,
     range: Range<usize>,
     edits: &mut Vec<(Range<usize>, String)>,
@@ -289,24 +289,10 @@ fn build(
         {
             return Ok(None);
         }
-        // The value runs from after `=` to the next comma at the assignment's depth, or the clause's end.
-        let Some(eq) = (first + 1..toks.len()).find(|&i| toks[i].kind == Token::Ascii61) else {
+        let Some(value) = splice::assignment_value(&toks, &depth, first) else {
             return Ok(None);
         };
-        let end = (eq + 1..toks.len())
-            .find(|&i| {
-                depth[i] < depth[first]
-                    || (depth[i] == depth[first]
-                        && matches!(
-                            toks[i].kind,
-                            Token::Ascii44 | Token::From | Token::Where | Token::Returning
-                        ))
-            })
-            .unwrap_or(toks.len());
-        if eq + 1 >= end {
-            return Ok(None);
-        }
-        let value_range = toks[eq + 1].start..toks[end - 1].end;
+        let value_range = toks[value.start].start..toks[value.end - 1].end;
         let rendered = apply(text, value_range.clone(), &mut edits)?;
         let ty = schema.type_of(&m.table, &res.name).unwrap_or("text");
         let mut uses = 0;
@@ -360,31 +346,10 @@ fn build(
                     return Ok(None);
                 }
             } else {
-                let Some(values) = (0..toks.len())
-                    .find(|&i| depth[i] == 0 && toks[i].kind == Token::Values && i > first)
-                else {
+                let Some(rows) = splice::values_rows(&toks, &depth, first) else {
                     return Ok(None);
                 };
-                let mut i = values + 1;
-                loop {
-                    if toks.get(i).map(|t| t.kind) != Some(Token::Ascii40) || depth[i] != 0 {
-                        return Ok(None);
-                    }
-                    // One row: items at depth 1 up to the closing parenthesis.
-                    let close = (i + 1..toks.len())
-                        .find(|&j| depth[j] == 0 && toks[j].kind == Token::Ascii41)
-                        .ok_or("unbalanced VALUES")?;
-                    let mut items = Vec::new();
-                    let mut from = i + 1;
-                    for j in i + 1..=close {
-                        if j == close || (depth[j] == 1 && toks[j].kind == Token::Ascii44) {
-                            if from >= j {
-                                return Ok(None);
-                            }
-                            items.push(from..j);
-                            from = j + 1;
-                        }
-                    }
+                for items in rows {
                     if items.len() != cols.len() {
                         return Ok(None);
                     }
@@ -423,11 +388,6 @@ fn build(
                             None => cast,
                         };
                         edits.push((range, value));
-                    }
-                    i = close + 1;
-                    match toks.get(i).map(|t| t.kind) {
-                        Some(Token::Ascii44) if depth[i] == 0 => i += 1,
-                        _ => break,
                     }
                 }
             }

@@ -315,6 +315,54 @@ pub fn outer_returning(
     Ok(OuterReturning { list, extras })
 }
 
+/// The tokens of an assignment's value (`col = value`, the target's name at token `target`): from after `=` to
+/// the next comma at the assignment's depth, or the end of its clause. `None` if there is none.
+pub fn assignment_value(toks: &[Tok], depth: &[i32], target: usize) -> Option<Range<usize>> {
+    let eq = (target + 1..toks.len()).find(|&i| toks[i].kind == Token::Ascii61)?;
+    let end = (eq + 1..toks.len())
+        .find(|&i| {
+            depth[i] < depth[target]
+                || (depth[i] == depth[target]
+                    && matches!(
+                        toks[i].kind,
+                        Token::Ascii44 | Token::From | Token::Where | Token::Returning
+                    ))
+        })
+        .unwrap_or(toks.len());
+    (eq + 1 < end).then_some(eq + 1..end)
+}
+
+/// The rows of the top-level VALUES after token `after`: for each row, the token ranges of its items.
+pub fn values_rows(toks: &[Tok], depth: &[i32], after: usize) -> Option<Vec<Vec<Range<usize>>>> {
+    let values = (after..toks.len()).find(|&i| depth[i] == 0 && toks[i].kind == Token::Values)?;
+    let mut rows = Vec::new();
+    let mut i = values + 1;
+    loop {
+        if toks.get(i).map(|t| t.kind) != Some(Token::Ascii40) || depth[i] != 0 {
+            return None;
+        }
+        let close =
+            (i + 1..toks.len()).find(|&j| depth[j] == 0 && toks[j].kind == Token::Ascii41)?;
+        let mut items = Vec::new();
+        let mut from = i + 1;
+        for j in i + 1..=close {
+            if j == close || (depth[j] == 1 && toks[j].kind == Token::Ascii44) {
+                if from >= j {
+                    return None;
+                }
+                items.push(from..j);
+                from = j + 1;
+            }
+        }
+        rows.push(items);
+        i = close + 1;
+        match toks.get(i).map(|t| t.kind) {
+            Some(Token::Ascii44) if depth[i] == 0 => i += 1,
+            _ => return Some(rows),
+        }
+    }
+}
+
 /// `outer_returning` for the target of a migration, named as the statement names it.
 pub fn returning_for(
     source: &super::Source<'_>,
