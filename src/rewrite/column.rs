@@ -29,19 +29,8 @@ pub(super) fn plan<'c, 'a>(
     if m.kind != MigrationKind::Column || m.writes == WriteMode::Off || d.tag == DmlTag::Delete {
         return None;
     }
-    if let Some(with) = d.with {
-        for r in pg::Tree::of(with).written() {
-            let written = ctx.resolve_parts(&r.parts(), &[]);
-            if written.is_some_and(|t| t.migration.writes != WriteMode::Off) {
-                return Some((
-                    target,
-                    Err(refuse(
-                        target,
-                        "a data-modifying WITH query that writes a migrated table is not supported",
-                    )),
-                ));
-            }
-        }
+    if let Err(reason) = mirror::cte_writes(&d, ctx) {
+        return Some((target, Err(refuse(target, reason))));
     }
     match build(source, ctx.schema, m) {
         Ok(Some(sql)) => Some((target, Ok((sql, Shape::Same)))),

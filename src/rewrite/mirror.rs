@@ -151,18 +151,25 @@ pub(super) fn column_passthrough<'c, 'a>(
         DmlTag::Update if !d.assigned.iter().any(|(col, _)| touches(col)) => {}
         _ => return None,
     }
-    if let Some(with) = d.with {
-        for r in pg::Tree::of(with).written() {
-            let written = ctx.resolve_parts(&r.parts(), &[]);
-            if written.is_some_and(|t| t.migration.writes != WriteMode::Off) {
-                return Some(Err(refuse(
-                    target,
-                    "a data-modifying WITH query that writes a migrated table is not supported",
-                )));
-            }
-        }
+    if let Err(reason) = cte_writes(&d, ctx) {
+        return Some(Err(refuse(target, reason)));
     }
     Some(Ok(target))
+}
+
+/// Writes elsewhere in the statement (data-modifying WITH queries) to a table whose writes are mirrored would
+/// not be mirrored.
+pub(super) fn cte_writes(d: &Dml<'_>, ctx: &Context<'_>) -> Result<(), String> {
+    let Some(with) = d.with else { return Ok(()) };
+    for r in pg::Tree::of(with).written() {
+        let written = ctx.resolve_parts(&r.parts(), &[]);
+        if written.is_some_and(|t| t.migration.writes != WriteMode::Off) {
+            return Err(
+                "a data-modifying WITH query that writes a migrated table is not supported".into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn column_ref_fields(c: &protobuf::ColumnRef) -> Vec<Option<&str>> {
@@ -186,18 +193,7 @@ pub(super) fn check(
     if !d.relation.inh {
         return Err("statements with ONLY on a migrated table are not supported".into());
     }
-    // Writes anywhere else in the statement (data-modifying WITH queries) would not be mirrored.
-    if let Some(with) = d.with {
-        for r in pg::Tree::of(with).written() {
-            let target = ctx.resolve_parts(&r.parts(), &[]);
-            if target.is_some_and(|t| t.migration.writes != WriteMode::Off) {
-                return Err(
-                    "a data-modifying WITH query that writes a migrated table is not supported"
-                        .into(),
-                );
-            }
-        }
-    }
+    cte_writes(d, ctx)?;
     // Mirroring is keyed on the key columns: changing them would orphan the mirrored row. `SET k = EXCLUDED.k`
     // where the conflict is on k changes nothing (ORMs' upserts send it).
     for (col, value) in &d.assigned {

@@ -119,6 +119,10 @@ fn strip_positions(value: &mut serde_json::Value) {
     }
 }
 
+/// Postgres's system columns: a derived table or a CTE over a statement's rows does not have them, and the
+/// new table's would mean something else.
+pub const SYSTEM_COLUMNS: &[&str] = &["xmin", "xmax", "cmin", "cmax", "ctid", "tableoid"];
+
 /// A statement's tree as a value, so it can be searched completely: pg_query's own walker (`nodes()`) covers
 /// the node kinds it needs for its purposes, not every place a table, function or column can appear.
 pub struct Tree(serde_json::Value);

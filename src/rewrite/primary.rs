@@ -9,6 +9,7 @@
 use super::dual_write::{columns_of, table_text};
 use super::mirror::{self, Dml, Planned};
 use super::new_primary::finish;
+use super::pg::SYSTEM_COLUMNS;
 use super::shape::DmlTag;
 use super::sqltext::quote_ident;
 use super::{pg, refuse, splice, Context, Schema, Source, Target};
@@ -16,8 +17,6 @@ use crate::config::migration::{Migration, MigrationKind, WriteMode};
 use pg_query::protobuf::Token;
 use pg_query::NodeEnum;
 use std::ops::Range;
-
-const SYSTEM_COLUMNS: &[&str] = &["xmin", "xmax", "cmin", "cmax", "ctid", "tableoid"];
 
 /// `Some` for a write this planner handles: its rewrite or refusal.
 pub(super) fn plan<'c, 'a>(

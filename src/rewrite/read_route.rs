@@ -2,6 +2,7 @@
 //! old table's columns, in order, under the old name. Postgres flattens the subquery, so indexes on the new
 //! table are used, and `SELECT *`, qualified column references and `FOR UPDATE` keep working.
 
+use super::pg::SYSTEM_COLUMNS;
 use super::sqltext::fold;
 use super::sqltext::quote_ident;
 use super::{action, Action, Context, Planned, Refusal, Schema};
@@ -114,9 +115,6 @@ struct Routed {
     qualified: Option<(String, String)>,
     columns: Vec<String>,
 }
-
-/// System columns: the derived table has none, and the new table's would mean something else.
-const SYSTEM_COLUMNS: &[&str] = &["xmin", "xmax", "cmin", "cmax", "ctid", "tableoid"];
 
 /// What the rest of a routed statement needs: three-part names shortened to `table.column`, which the derived
 /// table answers to. `Err` when it reads something only the old table has: system columns, or the row itself

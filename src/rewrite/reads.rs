@@ -3,15 +3,13 @@
 //! table's columns, in order and in their types, under the same name. Everything else of the client's text —
 //! comments, operators, locking clauses Postgres has and sqlparser lacks — stays as sent.
 
+use super::pg::SYSTEM_COLUMNS;
 use super::read_route::derived_select;
 use super::sqltext::quote_ident;
 use super::{action, pg, Action, Context, Source, Target};
 use crate::routing::Route;
 use pg_query::protobuf::Token;
 use std::ops::Range;
-
-/// System columns: the derived table has none, and the new table's would mean something else.
-const SYSTEM_COLUMNS: &[&str] = &["xmin", "xmax", "cmin", "cmax", "ctid", "tableoid"];
 
 /// What became of a plain query that names a migrated table.
 pub(super) struct Routed {

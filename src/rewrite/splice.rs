@@ -1,6 +1,7 @@
 //! Where a DML statement's clauses stand in the client's text, by Postgres's tokens and parse tree, so rewrites
 //! can keep the client's bytes and splice pgshift's additions around them instead of printing an AST.
 
+use super::pg::SYSTEM_COLUMNS;
 use super::pg::{self, Tok};
 use pg_query::protobuf::{self, Token};
 use pg_query::NodeEnum;
@@ -160,9 +161,6 @@ pub fn target_alias(node: &NodeEnum) -> Result<String, String> {
         None => relation.relname.clone(),
     })
 }
-
-/// System columns: a CTE over the statement's rows does not have them, so they are carried as extra columns.
-const SYSTEM_COLUMNS: &[&str] = &["xmin", "xmax", "cmin", "cmax", "ctid", "tableoid"];
 
 /// The client's RETURNING list, ready to be the select list of the outer SELECT over the statement's rows.
 #[derive(Debug, Default, PartialEq, Eq)]
