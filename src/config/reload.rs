@@ -181,6 +181,24 @@ fn restart_required(old: &Config, new: &Config) -> Vec<&'static str> {
     keys
 }
 
+/// Whether a change in the config file's directory may have changed the file's content: a create, write,
+/// rename or removal of the file itself, or of `..data` (the symlink a Kubernetes ConfigMap swaps). Reads and
+/// opens (pgshift's own reload reads the file) and other files (a log beside the config) are not.
+fn may_change(event: &notify::Event, file_name: &std::ffi::OsStr) -> bool {
+    use notify::event::{EventKind, ModifyKind};
+    let kind = matches!(
+        event.kind,
+        EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+            | EventKind::Any
+    );
+    kind && event.paths.iter().any(|p| {
+        p.file_name()
+            .is_some_and(|n| n == file_name || n == std::ffi::OsStr::new("..data"))
+    })
+}
+
 /// Watches the config file's directory and reloads on changes, debounced. The watch is armed before this
 /// returns, so no change made after startup can be missed; the returned task runs until aborted.
 pub fn watch_file(handle: Arc<ConfigHandle>) -> Option<tokio::task::JoinHandle<()>> {
@@ -191,9 +209,10 @@ pub fn watch_file(handle: Arc<ConfigHandle>) -> Option<tokio::task::JoinHandle<(
         _ => PathBuf::from("."),
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let name = path.file_name().map(|n| n.to_owned()).unwrap_or_default();
     let mut watcher =
         match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            if event.is_ok_and(|e| may_change(&e, &name)) {
                 let _ = tx.send(());
             }
         }) {
@@ -217,4 +236,81 @@ pub fn watch_file(handle: Arc<ConfigHandle>) -> Option<tokio::task::JoinHandle<(
             let _ = tokio::task::spawn_blocking(move || handle.reload(Trigger::File)).await;
         }
     }))
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_to_the_file_itself_reload() {
+        use notify::event::{
+            AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode,
+        };
+        let name = std::ffi::OsStr::new("pgshift.toml");
+        let event = |kind: EventKind, file: &str| {
+            notify::Event::new(kind).add_path(PathBuf::from("/etc/pgshift").join(file))
+        };
+        // Reading the file (cat, or pgshift's own reload), and files beside it: no reload.
+        assert!(!may_change(
+            &event(
+                EventKind::Access(AccessKind::Open(AccessMode::Read)),
+                "pgshift.toml"
+            ),
+            name
+        ));
+        assert!(!may_change(
+            &event(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                "pgshift.toml"
+            ),
+            name
+        ));
+        assert!(!may_change(
+            &event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+                "pgshift.log"
+            ),
+            name
+        ));
+        assert!(!may_change(
+            &event(EventKind::Create(CreateKind::File), "other.toml"),
+            name
+        ));
+        assert!(!may_change(
+            &event(
+                EventKind::Modify(ModifyKind::Metadata(
+                    notify::event::MetadataKind::AccessTime
+                )),
+                "pgshift.toml"
+            ),
+            name
+        ));
+        // Writes, atomic renames and ConfigMap swaps: reload.
+        assert!(may_change(
+            &event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Content)),
+                "pgshift.toml"
+            ),
+            name
+        ));
+        assert!(may_change(
+            &event(EventKind::Create(CreateKind::File), "pgshift.toml"),
+            name
+        ));
+        assert!(may_change(
+            &event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "pgshift.toml"
+            ),
+            name
+        ));
+        assert!(may_change(
+            &event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                "..data"
+            ),
+            name
+        ));
+    }
 }
