@@ -317,53 +317,21 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
             Some(Err(refusal)) => return Plan::Refuse(refusal),
             None => {}
         }
-        // Table dual writes are planned from Postgres's tree alone.
-        if let Some((target, planned)) = mirror::plan(&source, ctx) {
-            match planned {
-                Ok((text, shape)) => {
-                    actions.push(action(target, "dual_write"));
-                    pieces.push((pg_statement.range.clone(), text));
-                    shapes.push(shape);
-                }
-                Err(refusal) => return Plan::Refuse(refusal),
-            }
-            continue;
-        }
-        // new_primary table writes, from Postgres's tree where it covers the form.
-        if let Some((target, planned)) = primary::plan(&source, ctx) {
-            match planned {
-                Ok((text, shape)) => {
-                    actions.push(action(target, "new_primary"));
-                    pieces.push((pg_statement.range.clone(), text));
-                    shapes.push(shape);
-                }
-                Err(refusal) => return Plan::Refuse(refusal),
-            }
-            continue;
-        }
         // Column-kind deletes, and updates of other columns, need no change.
         match mirror::column_passthrough(&source, ctx) {
             Some(Ok(target)) => {
-                let phase = match target.migration.writes {
-                    WriteMode::NewPrimary => "new_primary",
-                    _ => "dual_write",
-                };
-                actions.push(action(target, phase));
+                actions.push(action(target, phase_of(target)));
                 shapes.push(Shape::Same);
                 continue;
             }
             Some(Err(refusal)) => return Plan::Refuse(refusal),
             None => {}
         }
-        // Column-kind writes of the migrated column, from Postgres's tree where it covers the form.
-        if let Some((target, planned)) = column::plan(&source, ctx) {
+        // Writes to migrated tables, planned from Postgres's tree alone where a planner covers the form.
+        if let Some((target, planned)) = plan_write_from_tree(&source, ctx) {
             match planned {
                 Ok((text, shape)) => {
-                    let phase = match target.migration.writes {
-                        WriteMode::NewPrimary => "new_primary",
-                        _ => "dual_write",
-                    };
-                    actions.push(action(target, phase));
+                    actions.push(action(target, phase_of(target)));
                     pieces.push((pg_statement.range.clone(), text));
                     shapes.push(shape);
                 }
@@ -442,6 +410,25 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
         sql: out,
         shapes,
         actions,
+    }
+}
+
+/// The planners that work from Postgres's tree alone: table dual writes, `new_primary` table writes, column-kind
+/// writes. Each takes only its own migrations' statements, and the forms it covers.
+fn plan_write_from_tree<'c, 'a>(
+    source: &Source<'_>,
+    ctx: &'c Context<'a>,
+) -> Option<(&'c Target<'a>, mirror::Planned)> {
+    mirror::plan(source, ctx)
+        .or_else(|| primary::plan(source, ctx))
+        .or_else(|| column::plan(source, ctx))
+}
+
+/// The action label of a mirrored write: the migration's phase.
+fn phase_of(target: &Target<'_>) -> &'static str {
+    match target.migration.writes {
+        WriteMode::NewPrimary => "new_primary",
+        _ => "dual_write",
     }
 }
 
@@ -793,11 +780,7 @@ fn plan_statement(
         if !writes_active(target) {
             return Ok(Planned::Unchanged);
         }
-        let phase = match target.migration.writes {
-            WriteMode::NewPrimary => "new_primary",
-            _ => "dual_write",
-        };
-        actions.push(action(target, phase));
+        actions.push(action(target, phase_of(target)));
         let (text, shape) = dual_write::rewrite(stmt, with, tag, target, ctx.schema, source)?;
         return Ok(Planned::Changed(text, shape));
     }
