@@ -56,7 +56,12 @@ async fn start_from_file(path: &Path) -> pgshift::server::Running {
 async fn file_edits_reload_and_invalid_files_keep_the_last_good_config() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgshift.toml");
-    let base = ProxyOptions::default().toml();
+    // The epoch is the file's hash and the config-info gauge is process-wide: a line of its own keeps this
+    // test's epochs apart from every other test's.
+    let base = format!(
+        "# file_edits_reload_and_invalid_files_keep_the_last_good_config\n{}",
+        ProxyOptions::default().toml()
+    );
     std::fs::write(&path, format!("{base}{}", migration_toml(""))).unwrap();
     let running = start_from_file(&path).await;
     let maddr = running.metrics_addr.unwrap();
@@ -122,18 +127,16 @@ async fn file_edits_reload_and_invalid_files_keep_the_last_good_config() {
     assert_eq!(running.config.current().epoch, epoch2);
 
     let (_, metrics) = http_get(maddr, "/metrics").await;
-    assert!(
-        metrics.contains("pgshift_config_reloads_total{result=\"invalid\"}"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(&format!("pgshift_config_info{{epoch=\"{epoch2}\"}} 1")),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(&format!("pgshift_config_info{{epoch=\"{epoch1}\"}} 0")),
-        "{metrics}"
-    );
+    for want in [
+        "pgshift_config_reloads_total{result=\"invalid\"}".to_owned(),
+        format!("pgshift_config_info{{epoch=\"{epoch2}\"}} 1"),
+        format!("pgshift_config_info{{epoch=\"{epoch1}\"}} 0"),
+    ] {
+        assert!(
+            metrics.contains(&want),
+            "expected `{want}` in /metrics:\n{metrics}"
+        );
+    }
     running.close();
     running.wait().await.unwrap();
 }
