@@ -23,12 +23,11 @@ SHOW application_name;
 SELECT current_setting('server_version_num')::int >= 100000 AS modern;
 ";
 
-async fn psql_script(url: &str) -> (String, String) {
-    let path = std::env::temp_dir().join(format!("pgshift-psql-{}.sql", std::process::id()));
-    std::fs::write(&path, SCRIPT).unwrap();
+/// Runs the script file with psql (its messages name the file, so both runs use the same one).
+async fn psql_script(url: &str, script: &std::path::Path) -> (String, String) {
     let (ok, out, err) = run(Command::new(psql_path())
         .args(["-X", "-e", "-d", url, "-f"])
-        .arg(&path)
+        .arg(script)
         .kill_on_drop(true))
     .await;
     assert!(ok, "psql failed: {err}");
@@ -40,8 +39,15 @@ async fn psql_script_with_copy_gives_identical_output() {
     let through_db = fresh_db("t_psql_proxy").await;
     let direct_db = fresh_db("t_psql_direct").await;
     let proxy = proxy().await;
-    let (out, err) = psql_script(&proxy.url(&through_db)).await;
-    let (want_out, want_err) = psql_script(&cluster().url(&direct_db)).await;
+    // Removed when dropped, whatever the outcome.
+    let script = tempfile::Builder::new()
+        .prefix("pgshift-psql-")
+        .suffix(".sql")
+        .tempfile()
+        .unwrap();
+    std::fs::write(script.path(), SCRIPT).unwrap();
+    let (out, err) = psql_script(&proxy.url(&through_db), script.path()).await;
+    let (want_out, want_err) = psql_script(&cluster().url(&direct_db), script.path()).await;
     assert_eq!(out, want_out);
     assert_eq!(
         err.replace(&through_db, "DB"),

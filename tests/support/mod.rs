@@ -8,7 +8,7 @@ use pgshift::pgcluster::{Cluster, Options};
 use pgshift::server::{self, Controller};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, NoTls};
 
@@ -23,6 +23,24 @@ pub struct Certs {
     pub key: PathBuf,
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+/// Removes `dir` when this test process ends, however it ends: statics are never dropped, so a helper shell
+/// waits for the end of a pipe the process holds (the kernel closes it at exit) and then removes the directory.
+fn remove_when_tests_end(dir: &std::path::Path) {
+    static GUARDS: Mutex<Vec<std::process::ChildStdin>> = Mutex::new(Vec::new());
+    let child = std::process::Command::new("sh")
+        .args(["-c", r#"read -r _ || true; rm -rf "$1""#, "cleanup"])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if let Ok(mut child) = child {
+        if let Some(stdin) = child.stdin.take() {
+            GUARDS.lock().unwrap_or_else(|e| e.into_inner()).push(stdin);
+        }
+    }
 }
 
 /// A CA and a server certificate for `localhost` and 127.0.0.1, used by both Postgres and pgshift.
@@ -50,6 +68,7 @@ pub fn certs() -> &'static Certs {
             .tempdir()
             .unwrap()
             .keep();
+        remove_when_tests_end(&dir);
         let write = |name: &str, pem: &str| {
             let path = dir.join(name);
             std::fs::write(&path, pem).unwrap();
