@@ -123,6 +123,15 @@ fn strip_positions(value: &mut serde_json::Value) {
 /// new table's would mean something else.
 pub const SYSTEM_COLUMNS: &[&str] = &["xmin", "xmax", "cmin", "cmax", "ctid", "tableoid"];
 
+/// Whether a column reference's name (its last part) is a system column.
+pub fn names_system_column(fields: &[Option<&str>]) -> bool {
+    fields
+        .iter()
+        .flatten()
+        .last()
+        .is_some_and(|l| SYSTEM_COLUMNS.contains(l))
+}
+
 /// A statement's tree as a value, so it can be searched completely: pg_query's own walker (`nodes()`) covers
 /// the node kinds it needs for its purposes, not every place a table, function or column can appear.
 pub struct Tree(serde_json::Value);

@@ -9,7 +9,6 @@
 use super::dual_write::{columns_of, table_text};
 use super::mirror::{self, Dml, Planned};
 use super::new_primary::finish;
-use super::pg::SYSTEM_COLUMNS;
 use super::shape::DmlTag;
 use super::sqltext::quote_ident;
 use super::{pg, refuse, splice, Context, Schema, Source, Target};
@@ -224,12 +223,7 @@ fn build(
         }
         let fields = pg::name_fields(c.get("fields"));
         let fields: Vec<Option<&str>> = fields.iter().map(|f| f.as_deref()).collect();
-        if fields
-            .iter()
-            .flatten()
-            .last()
-            .is_some_and(|l| SYSTEM_COLUMNS.contains(l))
-        {
+        if pg::names_system_column(&fields) {
             return Ok(None);
         }
         let three_part = fields.len() == 3

@@ -3,7 +3,6 @@
 //! table's columns, in order and in their types, under the same name. Everything else of the client's text —
 //! comments, operators, locking clauses Postgres has and sqlparser lacks — stays as sent.
 
-use super::pg::SYSTEM_COLUMNS;
 use super::read_route::derived_select;
 use super::sqltext::quote_ident;
 use super::{action, pg, Action, Context, Source, Target};
@@ -162,12 +161,7 @@ fn splice(
     for c in tree.all("ColumnRef") {
         let fields = pg::name_fields(c.get("fields"));
         let fields: Vec<Option<&str>> = fields.iter().map(|f| f.as_deref()).collect();
-        if fields
-            .iter()
-            .flatten()
-            .last()
-            .is_some_and(|l| SYSTEM_COLUMNS.contains(l))
-        {
+        if pg::names_system_column(&fields) {
             return Err(());
         }
         match fields.as_slice() {

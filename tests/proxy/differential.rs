@@ -589,7 +589,8 @@ async fn run(
     (lines, refusal)
 }
 
-async fn rows(client: &Client, sql: &str) -> Vec<String> {
+/// The first column of every row, as text.
+pub(crate) async fn rows(client: &Client, sql: &str) -> Vec<String> {
     client
         .query(sql, &[])
         .await

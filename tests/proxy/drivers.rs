@@ -135,7 +135,8 @@ async fn same_through_pgshift(driver: &str) -> Vec<String> {
     through
 }
 
-fn has(lines: &[String], want: &str) {
+/// The output has the line `want`.
+pub(crate) fn has(lines: &[String], want: &str) {
     assert!(
         lines.iter().any(|l| l == want),
         "missing {want} in:\n{}",

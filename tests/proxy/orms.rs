@@ -2,8 +2,8 @@
 //! directly and through pgshift (dual_write with reads at 0 % and 100 %, then new_primary), and must see exactly
 //! the same values; afterwards old and new must agree through the mapping.
 
-use crate::differential::migrations;
-use crate::drivers::{drivers_dir, ensure_installed, output_lines};
+use crate::differential::{migrations, rows};
+use crate::drivers::{drivers_dir, ensure_installed, has, output_lines};
 use crate::support::{cluster, connect, fresh_db, start_proxy, ProxyOptions};
 use tokio::process::Command;
 use tokio_postgres::Client;
@@ -72,16 +72,6 @@ fn command(orm: &str) -> Command {
 
 async fn workload(orm: &str, url: &str) -> Vec<String> {
     output_lines(command(orm), &format!("{orm} workload"), url).await
-}
-
-async fn rows(client: &Client, sql: &str) -> Vec<String> {
-    client
-        .query(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .iter()
-        .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
-        .collect()
 }
 
 /// Old and new agree through the mapping.
@@ -153,14 +143,6 @@ async fn same_through_pgshift_except(orm: &str, refused: &[&str]) -> (Vec<String
         last = through;
     }
     (direct, last)
-}
-
-fn has(lines: &[String], want: &str) {
-    assert!(
-        lines.iter().any(|l| l == want),
-        "missing {want} in:\n{}",
-        lines.join("\n")
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
