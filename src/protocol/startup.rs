@@ -165,9 +165,33 @@ pub fn encode_ssl_request() -> [u8; 8] {
     out
 }
 
+/// The CancelRequest packet for `key`, as a client would send it (protocol 3.2 secrets may be longer than 4).
+pub fn encode_cancel_request(key: &CancelKey) -> Bytes {
+    let mut out = BytesMut::with_capacity(12 + key.secret.len());
+    out.extend_from_slice(&(12 + key.secret.len() as u32).to_be_bytes());
+    out.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    out.extend_from_slice(&key.pid.to_be_bytes());
+    out.extend_from_slice(&key.secret);
+    out.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encoded_cancel_request_reads_back_as_itself() {
+        let key = CancelKey {
+            pid: 4242,
+            secret: Bytes::from_static(&[1, 2, 3, 4, 5, 6, 7, 8]),
+        };
+        let raw = encode_cancel_request(&key);
+        let mut buf = BytesMut::from(&raw[..]);
+        assert_eq!(
+            split_startup(&mut buf).unwrap(),
+            Some(StartupPacket::Cancel(CancelRequest { key, raw }))
+        );
+    }
 
     #[test]
     fn parses_startup_message() {

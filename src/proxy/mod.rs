@@ -17,7 +17,7 @@ use crate::metrics::CONNECTIONS_TOTAL;
 use crate::protocol::tls::{self, TlsSetupError, UpstreamTls};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -113,6 +113,8 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // When a cancel request arrives matters: it may only hit what was running then.
+                let arrived = Instant::now();
                 metrics::counter!(CONNECTIONS_TOTAL).increment(1);
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 // Handed over unregistered: the session registers it with its own thread's event loop.
@@ -127,7 +129,7 @@ pub async fn serve(
                 let alive = alive_tx.clone();
                 workers.spawn(async move {
                     match TcpStream::from_std(tcp) {
-                        Ok(tcp) => session::run(shared, tcp, peer).await,
+                        Ok(tcp) => session::run(shared, tcp, peer, arrived).await,
                         Err(e) => warn!(error = %e, "cannot register an accepted connection"),
                     }
                     drop(alive);

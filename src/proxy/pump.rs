@@ -3,6 +3,7 @@
 //! replies that must be reshaped. Each pump reads again only after its write has completed, so a slow reader
 //! on one side throttles the other instead of growing pgshift's buffers.
 
+use super::cancel::Gate;
 use super::pending::{Matched, Pending, Request};
 use super::respond::{self, Output, Respond};
 use super::session::SessionError;
@@ -87,6 +88,7 @@ pub struct ClientPump<'s> {
     statements: Statements,
     out: BytesMut,
     writing: bool,
+    gate: &'s Gate,
 }
 
 /// A frame seen by the scan, processed after it (processing may wait for the catalog).
@@ -101,6 +103,7 @@ impl<'s> ClientPump<'s> {
         expect: mpsc::UnboundedSender<Entry>,
         state: &'s SessionState,
         statements: Statements,
+        gate: &'s Gate,
     ) -> Self {
         make_room(&mut buf, CLIENT_BUF);
         ClientPump {
@@ -111,6 +114,7 @@ impl<'s> ClientPump<'s> {
             statements,
             out: BytesMut::new(),
             writing: false,
+            gate,
         }
     }
 
@@ -178,6 +182,7 @@ impl<'s> ClientPump<'s> {
                             self.send(Entry::forward(request));
                         }
                     }
+                    self.gate.before_send().await;
                     self.writing = true;
                     upstream
                         .write_all(&self.buf[..len])
@@ -274,6 +279,7 @@ impl<'s> ClientPump<'s> {
             }
         }
         self.out.extend_from_slice(&self.buf[copied..len]);
+        self.gate.before_send().await;
         self.writing = true;
         upstream
             .write_all(&self.out)
@@ -309,6 +315,7 @@ impl<'s> ClientPump<'s> {
             },
             timing: None,
         });
+        self.gate.before_send().await;
         self.writing = true;
         upstream
             .write_all(&query)
@@ -334,6 +341,7 @@ pub struct UpstreamPump<'s> {
     out: BytesMut,
     writing: bool,
     phase: watch::Receiver<Phase>,
+    gate: &'s Gate,
 }
 
 impl<'s> UpstreamPump<'s> {
@@ -342,6 +350,7 @@ impl<'s> UpstreamPump<'s> {
         expected: mpsc::UnboundedReceiver<Entry>,
         state: &'s SessionState,
         phase: watch::Receiver<Phase>,
+        gate: &'s Gate,
     ) -> Self {
         UpstreamPump {
             buf,
@@ -352,6 +361,7 @@ impl<'s> UpstreamPump<'s> {
             out: BytesMut::new(),
             writing: false,
             phase,
+            gate,
         }
     }
 
@@ -464,9 +474,11 @@ impl<'s> UpstreamPump<'s> {
                     },
                 )
                 .map_err(SessionError::UpstreamProtocol)?;
-            self.state
-                .queue_idle
-                .store(self.pending.is_idle(), Ordering::Release);
+            let owes_nothing = self.pending.is_idle();
+            self.state.queue_idle.store(owes_nothing, Ordering::Release);
+            if owes_nothing && self.state.in_channel.load(Ordering::Acquire) == 0 {
+                self.gate.idle();
+            }
             if len == 0 {
                 continue;
             }

@@ -1,7 +1,7 @@
 //! One client session, in phases: negotiate (SSL/GSS/cancel/startup), connect upstream, relay the
 //! authentication exchange, then run the two pumps until either side ends.
 
-use super::cancel::Owner;
+use super::cancel::{Gate, Owner};
 use super::pump::{self, ClientExit, ClientPump, SessionState, UpstreamExit, UpstreamPump};
 use super::statements::{settings_from_options, Statements};
 use super::stream::Stream;
@@ -63,10 +63,11 @@ enum End {
     Shutdown,
 }
 
-/// Runs one client connection to completion. Never panics on client input; errors end this session only.
-pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
+/// Runs one client connection, accepted at `arrived`, to completion. Never panics on client input; errors end
+/// this session only.
+pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, arrived: Instant) {
     let started = Instant::now();
-    let result = handle(&shared, tcp, peer).await;
+    let result = handle(&shared, tcp, peer, arrived).await;
     match &result {
         Ok(end) => debug!(
             ?end,
@@ -98,6 +99,7 @@ async fn handle(
     shared: &Arc<Shared>,
     tcp: TcpStream,
     peer: SocketAddr,
+    arrived: Instant,
 ) -> Result<End, SessionError> {
     let _ = tcp.set_nodelay(true);
     let startup_timeout = shared.config.timeouts.startup;
@@ -109,7 +111,7 @@ async fn handle(
         Opening::Cancel(request) => {
             shared
                 .cancels
-                .forward(&request, shared.config.timeouts.connect)
+                .forward(&request, arrived, shared.config.timeouts.connect)
                 .await;
             return Ok(End::Cancel);
         }
@@ -156,7 +158,15 @@ async fn handle(
         .await
         .map_err(SessionError::UpstreamIo)?;
 
-    let mut key = KeyGuard { shared, key: None };
+    let gate = Gate::new(Owner {
+        upstream: shared.upstream.clone(),
+        tls: shared.upstream_tls.clone(),
+    });
+    let mut key = KeyGuard {
+        shared,
+        key: None,
+        gate: gate.clone(),
+    };
     let mut cbuf = cbuf;
     let mut ubuf = BytesMut::with_capacity(pump::UPSTREAM_BUF);
     let auth = tokio::time::timeout(
@@ -176,7 +186,7 @@ async fn handle(
     }
 
     let facts = session_facts(&msg, peer);
-    run_pumps(shared, client, cbuf, upstream, ubuf, facts).await
+    run_pumps(shared, client, cbuf, upstream, ubuf, facts, &gate).await
 }
 
 /// Sends a FATAL error to a client whose session will not start, and counts it.
@@ -213,6 +223,7 @@ impl Drop for SessionSlot<'_> {
 struct KeyGuard<'a> {
     shared: &'a Shared,
     key: Option<CancelKey>,
+    gate: Arc<Gate>,
 }
 
 impl KeyGuard<'_> {
@@ -220,11 +231,7 @@ impl KeyGuard<'_> {
         if let Some(old) = self.key.replace(key.clone()) {
             self.shared.cancels.remove(&old);
         }
-        let owner = Owner {
-            upstream: self.shared.upstream.clone(),
-            tls: self.shared.upstream_tls.clone(),
-        };
-        self.shared.cancels.register(key, owner);
+        self.shared.cancels.register(key, self.gate.clone());
     }
 }
 
@@ -496,18 +503,19 @@ async fn run_pumps(
     upstream: Stream,
     ubuf: BytesMut,
     facts: SessionFacts,
+    gate: &Gate,
 ) -> Result<End, SessionError> {
     match (client, upstream) {
         // Plain TCP on both legs (the common case): borrowed halves, no lock around each read and write.
         (Stream::Tcp(mut client), Stream::Tcp(mut upstream)) => {
             let (cr, cw) = client.split();
             let (ur, uw) = upstream.split();
-            drive(shared, (cr, cw), cbuf, (ur, uw), ubuf, facts).await
+            drive(shared, (cr, cw), cbuf, (ur, uw), ubuf, facts, gate).await
         }
         (client, upstream) => {
             let (cr, cw) = tokio::io::split(client);
             let (ur, uw) = tokio::io::split(upstream);
-            drive(shared, (cr, cw), cbuf, (ur, uw), ubuf, facts).await
+            drive(shared, (cr, cw), cbuf, (ur, uw), ubuf, facts, gate).await
         }
     }
 }
@@ -520,6 +528,7 @@ async fn drive<CR, CW, UR, UW>(
     (mut ur, mut uw): (UR, UW),
     ubuf: BytesMut,
     facts: SessionFacts,
+    gate: &Gate,
 ) -> Result<End, SessionError>
 where
     CR: AsyncRead + Unpin,
@@ -530,8 +539,8 @@ where
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let state = SessionState::default();
     let statements = Statements::new(shared.live.clone(), facts);
-    let mut front = ClientPump::new(cbuf, tx, &state, statements);
-    let mut back = UpstreamPump::new(ubuf, rx, &state, shared.phase.clone());
+    let mut front = ClientPump::new(cbuf, tx, &state, statements, gate);
+    let mut back = UpstreamPump::new(ubuf, rx, &state, shared.phase.clone(), gate);
 
     let exit = tokio::select! {
         exit = front.run(&mut cr, &mut uw) => Ok(exit),
@@ -539,6 +548,13 @@ where
     };
     let client_clean = back.is_clean();
     let upstream_clean = front.is_clean();
+    if matches!(
+        exit,
+        Ok(Ok(ClientExit::Eof)) | Ok(Err(SessionError::ClientIo(_)))
+    ) {
+        // Directly, the query would run on to its end holding its locks; nobody is waiting for it.
+        gate.cancel_running(shared.config.timeouts.connect).await;
+    }
     let (notice, end) = match exit {
         Ok(Ok(ClientExit::Terminated)) => (None, Ok(End::ClientClosed)),
         Ok(Ok(ClientExit::Eof)) => (None, Ok(End::ClientClosed)),

@@ -1,6 +1,8 @@
 //! Raw wire-protocol cases: pipelining, malformed frames, startup negotiation and cancel, byte for byte.
 
-use crate::support::{cluster, fresh_db, proxy, start_proxy, ProxyOptions};
+use crate::support::{
+    cluster, connect, eventually, fresh_db, proxy, running, start_proxy, ProxyOptions,
+};
 use pgshift::protocol::startup::{
     encode_ssl_request, encode_startup, CANCEL_REQUEST, GSSENC_REQUEST,
 };
@@ -263,8 +265,14 @@ async fn cancel_after_refused_ssl_request_is_forwarded() {
     let proxy = proxy().await;
     let mut session = Raw::login(proxy.addr, &db).await;
     let (pid, secret) = session.key.clone().expect("BackendKeyData relayed");
-    session.send(&query("SELECT pg_sleep(30)")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    session
+        .send(&query("SELECT pg_sleep(30) -- t_raw_cancel"))
+        .await;
+    let direct = connect(&cluster().url(&db)).await;
+    eventually(Duration::from_secs(10), "the statement runs", || async {
+        running(&direct, "t_raw_cancel").await == 1
+    })
+    .await;
 
     // libpq 17 and asyncpg: SSLRequest, 'N', then the CancelRequest on the same connection.
     let mut canceller = Raw::connect(proxy.addr).await;
@@ -272,11 +280,7 @@ async fn cancel_after_refused_ssl_request_is_forwarded() {
     let mut answer = [0u8; 1];
     canceller.stream.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"N");
-    let mut cancel = Vec::new();
-    cancel.extend_from_slice(&((12 + secret.len()) as u32).to_be_bytes());
-    cancel.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
-    cancel.extend_from_slice(&pid.to_be_bytes());
-    cancel.extend_from_slice(&secret);
+    let cancel = cancel_request(pid, &secret);
     canceller.send(&cancel).await;
     assert!(
         canceller.read_to_end().await.is_empty(),
@@ -295,6 +299,70 @@ async fn cancel_after_refused_ssl_request_is_forwarded() {
     assert!(stranger.read_to_end().await.is_empty());
     session.send(&query("SELECT 1")).await;
     assert_eq!(tags(&session.read_until_ready().await), "TDCZ");
+    proxy.stop().await;
+}
+
+fn cancel_request(pid: i32, secret: &[u8]) -> Vec<u8> {
+    let mut cancel = Vec::new();
+    cancel.extend_from_slice(&((12 + secret.len()) as u32).to_be_bytes());
+    cancel.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
+    cancel.extend_from_slice(&pid.to_be_bytes());
+    cancel.extend_from_slice(&secret);
+    cancel
+}
+
+/// A cancel whose statement completed before pgshift could forward it must not hit the next statement.
+/// Clients open the cancel connection and send the request in one go; here its connection opens while the
+/// first statement runs and its packet comes after the second started, as when pgshift's detour to the server
+/// is slower than the session itself (asyncpg cancelling a COPY whose source raised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_never_lands_on_the_next_statement() {
+    let db = fresh_db("t_raw_cancel_next").await;
+    let proxy = proxy().await;
+    let mut session = Raw::login(proxy.addr, &db).await;
+    let (pid, secret) = session.key.clone().expect("BackendKeyData relayed");
+    session.send(&query("SELECT pg_sleep(0.2)")).await;
+    let mut canceller = Raw::connect(proxy.addr).await;
+    canceller.send(&encode_ssl_request()).await;
+    let mut answer = [0u8; 1];
+    canceller.stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(tags(&session.read_until_ready().await), "TDCZ");
+
+    session.send(&query("SELECT pg_sleep(0.5)")).await;
+    canceller.send(&cancel_request(pid, &secret)).await;
+    assert!(canceller.read_to_end().await.is_empty());
+    let replies = session.read_until_ready().await;
+    assert_eq!(
+        tags(&replies),
+        "TDCZ",
+        "the second statement was cancelled: {:?}",
+        replies.iter().find(|r| r.0 == b'E').map(|r| message(&r.1))
+    );
+    proxy.stop().await;
+}
+
+/// A client that goes away mid-query: pgshift cancels its statement upstream instead of letting it run on
+/// with its locks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_clients_query_is_cancelled_upstream() {
+    let db = fresh_db("t_raw_vanish").await;
+    let proxy = proxy().await;
+    let direct = connect(&cluster().url(&db)).await;
+    let mut session = Raw::login(proxy.addr, &db).await;
+    session
+        .send(&query("SELECT pg_sleep(60) -- t_raw_vanish"))
+        .await;
+    eventually(Duration::from_secs(10), "the statement runs", || async {
+        running(&direct, "t_raw_vanish").await == 1
+    })
+    .await;
+    drop(session);
+    eventually(
+        Duration::from_secs(1),
+        "the vanished client's statement is cancelled",
+        || async { running(&direct, "t_raw_vanish").await == 0 },
+    )
+    .await;
     proxy.stop().await;
 }
 

@@ -357,3 +357,32 @@ pub async fn wait_listening(addr: SocketAddr) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Polls `condition` (every 20 ms) until it holds; fails naming `what` if it does not within `within`.
+pub async fn eventually<F, Fut>(within: std::time::Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + within;
+    while !condition().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {within:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// How many sessions other than `client`'s own are running a statement that contains `marker`.
+pub async fn running(client: &Client, marker: &str) -> i64 {
+    client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() \
+             AND query LIKE '%' || $1 || '%'",
+            &[&marker],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
