@@ -307,7 +307,7 @@ fn cancel_request(pid: i32, secret: &[u8]) -> Vec<u8> {
     cancel.extend_from_slice(&((12 + secret.len()) as u32).to_be_bytes());
     cancel.extend_from_slice(&CANCEL_REQUEST.to_be_bytes());
     cancel.extend_from_slice(&pid.to_be_bytes());
-    cancel.extend_from_slice(&secret);
+    cancel.extend_from_slice(secret);
     cancel
 }
 
