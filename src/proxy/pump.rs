@@ -289,7 +289,8 @@ impl<'s> ClientPump<'s> {
         Ok(())
     }
 
-    /// Re-reads config and routes; if the catalog is stale, looks it up on the upstream connection first.
+    /// Re-reads config and routes, first looking up on the upstream connection what the session no longer
+    /// knows (the routing settings after a SET, the catalog after a reload or a search_path change).
     async fn refresh<W: AsyncWrite + Unpin>(
         &mut self,
         upstream: &mut W,
@@ -300,32 +301,31 @@ impl<'s> ClientPump<'s> {
             .lock()
             .expect("state lock")
             .clone();
-        let Some(sql) = self.statements.refresh(application_name) else {
-            return Ok(());
-        };
-        let (done, rows) = oneshot::channel();
-        let mut query = BytesMut::new();
-        encode::query(&mut query, &sql);
-        self.send(Entry {
-            request: Request::Query,
-            respond: Respond::Catalog {
-                rows: Vec::new(),
-                error: None,
-                done: Some(done),
-            },
-            timing: None,
-        });
-        self.gate.before_send().await;
-        self.writing = true;
-        upstream
-            .write_all(&query)
-            .await
-            .map_err(SessionError::UpstreamIo)?;
-        self.writing = false;
-        let rows = rows
-            .await
-            .unwrap_or_else(|_| Err("the session ended during the catalog lookup".to_owned()));
-        self.statements.set_schema(rows);
+        while let Some((lookup, sql)) = self.statements.refresh(application_name.clone()) {
+            let (done, rows) = oneshot::channel();
+            let mut query = BytesMut::new();
+            encode::query(&mut query, &sql);
+            self.send(Entry {
+                request: Request::Query,
+                respond: Respond::Catalog {
+                    rows: Vec::new(),
+                    error: None,
+                    done: Some(done),
+                },
+                timing: None,
+            });
+            self.gate.before_send().await;
+            self.writing = true;
+            upstream
+                .write_all(&query)
+                .await
+                .map_err(SessionError::UpstreamIo)?;
+            self.writing = false;
+            let rows = rows
+                .await
+                .unwrap_or_else(|_| Err("the session ended during a lookup".to_owned()));
+            self.statements.absorb(lookup, rows);
+        }
         Ok(())
     }
 }

@@ -86,7 +86,53 @@ struct Prepared {
     label: Option<Label>,
     /// The session's plan key when this statement was planned.
     plan_key: u64,
+    /// What running it may change besides data.
+    touches: Touches,
 }
+
+/// What running a statement may change in the session besides data: the settings pgshift routes by, and the
+/// search_path that decides what unqualified names mean. Judged from its words, so it errs towards yes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Touches {
+    settings: bool,
+    search_path: bool,
+}
+
+impl Touches {
+    fn of(sql: &str) -> Touches {
+        static WORDS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(["pgshift.", "set_config", "reset", "discard", "search_path"])
+                .expect("fixed patterns")
+        });
+        let mut touches = Touches::default();
+        for m in WORDS.find_iter(sql) {
+            match m.pattern().as_usize() {
+                0 => touches.settings = true,
+                4 => touches.search_path = true,
+                _ => {
+                    touches.settings = true;
+                    touches.search_path = true;
+                }
+            }
+        }
+        touches
+    }
+}
+
+/// A query pgshift runs on the session's own connection at a transaction boundary, before the client's next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// The routing settings as Postgres holds them now (after SET, SET LOCAL, RESET, set_config, rollback).
+    Settings,
+    /// The migrated tables' columns, types and dependents.
+    Catalog,
+}
+
+/// Reads the routing settings; an empty value is a placeholder that was RESET, i.e. not set.
+const SETTINGS_SQL: &str = "SELECT nullif(current_setting('pgshift.key', true), ''), \
+                            nullif(current_setting('pgshift.context', true), '')";
 
 pub struct Statements {
     live: Arc<ConfigHandle>,
@@ -103,8 +149,10 @@ pub struct Statements {
     /// Finds the active migrations' table names in SQL text (the fast path).
     prefilter: Prefilter,
     schema_hash: u64,
-    /// A SET of pgshift.key/context since routes were last decided.
+    /// The routing settings changed since routes were last decided.
     facts_changed: bool,
+    /// A statement that may have changed the routing settings ran: read them again at the next boundary.
+    settings_unknown: bool,
     statements: HashMap<Vec<u8>, Prepared>,
     portals: HashMap<Vec<u8>, (Shape, Option<Label>)>,
 }
@@ -126,6 +174,7 @@ impl Statements {
             prefilter: Prefilter::new([]),
             schema_hash: 0,
             facts_changed: false,
+            settings_unknown: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
         };
@@ -159,9 +208,14 @@ impl Statements {
         !self.active.is_empty() || self.live.generation() != self.generation
     }
 
-    /// At a transaction boundary: take the current config, decide routes, and say whether the catalog must be
-    /// (re)read first — returns the lookup query then.
-    pub fn refresh(&mut self, application_name: Option<String>) -> Option<String> {
+    /// At a transaction boundary: take the current config, decide routes, and say whether something must be
+    /// looked up on the upstream first — returns the lookup then; call again once it is [`absorb`]ed.
+    ///
+    /// [`absorb`]: Statements::absorb
+    pub fn refresh(&mut self, application_name: Option<String>) -> Option<(Lookup, String)> {
+        if self.settings_unknown && !self.active.is_empty() {
+            return Some((Lookup::Settings, SETTINGS_SQL.to_owned()));
+        }
         let generation = self.live.generation();
         let mut changed = self.routes.len() != self.active.len() || self.facts_changed;
         if generation != self.generation {
@@ -192,10 +246,37 @@ impl Statements {
             .iter()
             .map(|&i| &self.config.migrations[i])
             .collect();
-        catalog::query(&migrations)
+        catalog::query(&migrations).map(|sql| (Lookup::Catalog, sql))
     }
 
-    pub fn set_schema(&mut self, rows: CatalogRows) {
+    /// Takes in the rows of a lookup that [`Statements::refresh`] asked for.
+    pub fn absorb(&mut self, lookup: Lookup, rows: CatalogRows) {
+        match lookup {
+            Lookup::Catalog => self.set_schema(rows),
+            Lookup::Settings => self.set_settings(rows),
+        }
+    }
+
+    fn set_settings(&mut self, rows: CatalogRows) {
+        self.settings_unknown = false;
+        let row = match rows {
+            Ok(rows) => rows.into_iter().next().unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read pgshift.key and pgshift.context; routing keeps the last known values");
+                return;
+            }
+        };
+        let mut values = row.into_iter();
+        let key = values.next().flatten();
+        let context = values.next().flatten();
+        if key != self.facts.key_setting || context != self.facts.context {
+            self.facts.key_setting = key;
+            self.facts.context = context;
+            self.facts_changed = true;
+        }
+    }
+
+    fn set_schema(&mut self, rows: CatalogRows) {
         match rows {
             Ok(rows) => self.schema = catalog::parse(&rows),
             Err(e) => {
@@ -295,40 +376,22 @@ impl Statements {
         plan
     }
 
-    /// `SET pgshift.key = …` / `SET pgshift.context = …` change the routing facts from the next transaction;
-    /// anything that may change the search_path (SET, RESET, DISCARD, set_config) makes unqualified names
-    /// resolve differently, so the catalog is read again at the next transaction boundary.
-    fn observe_settings(&mut self, sql: &str) {
-        static WORDS: LazyLock<AhoCorasick> = LazyLock::new(|| {
-            AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .build(["search_path", "discard", "reset", "pgshift."])
-                .expect("fixed patterns")
-        });
-        let mut settings = false;
-        for m in WORDS.find_overlapping_iter(sql) {
-            match m.pattern().as_usize() {
-                3 => settings = true,
-                _ => self.schema_generation = None,
-            }
+    /// A statement ran that may have changed the session's settings. Postgres is asked at the next transaction
+    /// boundary rather than the statement read here: SET LOCAL ends with its transaction, a rollback undoes a
+    /// SET, RESET returns to the startup value, and set_config() takes any expression.
+    fn ran(&mut self, touches: Touches) {
+        if touches.settings {
+            self.settings_unknown = true;
         }
-        if !settings {
-            return;
-        }
-        for (name, value) in parse_settings(sql) {
-            match name.as_str() {
-                "pgshift.key" => self.facts.key_setting = value,
-                "pgshift.context" => self.facts.context = value,
-                _ => continue,
-            }
-            self.facts_changed = true;
+        if touches.search_path {
+            self.schema_generation = None;
         }
     }
 
     /// Query ('Q'): writes the message to send into `out` and returns its FIFO entry.
     pub fn on_query(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let sql = String::from_utf8_lossy(messages::query_text(frame)?).into_owned();
-        self.observe_settings(&sql);
+        self.ran(Touches::of(&sql));
         let plan = self.plan(&sql);
         let timing = Timing::start(label_of(&plan));
         let respond = match &*plan {
@@ -359,7 +422,7 @@ impl Statements {
     pub fn on_parse(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let messages::ParseParts { name, query, types } = messages::parse_message(frame)?;
         let sql = String::from_utf8_lossy(query).into_owned();
-        self.observe_settings(&sql);
+        let touches = Touches::of(&sql);
         let (respond, shape, label) = self.write_parse(name, &sql, types, out, false);
         self.statements.insert(
             name.to_vec(),
@@ -369,6 +432,7 @@ impl Statements {
                 shape,
                 label,
                 plan_key: self.plan_key,
+                touches,
             },
         );
         Ok(Entry {
@@ -443,6 +507,8 @@ impl Statements {
                 p.plan_key = plan_key;
             }
         }
+        let touches = self.statements.get(statement).map(|p| p.touches);
+        self.ran(touches.unwrap_or_default());
         let portal_info = self
             .statements
             .get(statement)
@@ -570,37 +636,6 @@ fn record(plan: &Plan) {
     }
 }
 
-/// `name = value` pairs of SET / RESET statements naming `pgshift.*` settings (value `None` for RESET).
-fn parse_settings(sql: &str) -> Vec<(String, Option<String>)> {
-    use sqlparser::ast::{Expr, Set, Statement, Value};
-    let Ok(statements) =
-        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, sql)
-    else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for s in statements {
-        if let Statement::Set(Set::SingleAssignment {
-            variable, values, ..
-        }) = s
-        {
-            let name = variable.to_string().to_lowercase();
-            let value = match values.first() {
-                Some(Expr::Value(v)) => match &v.value {
-                    Value::SingleQuotedString(s) => Some(s.clone()),
-                    Value::Number(n, _) => Some(n.to_string()),
-                    _ => None,
-                },
-                Some(Expr::Identifier(i)) if i.value.eq_ignore_ascii_case("default") => None,
-                Some(Expr::Identifier(i)) => Some(i.value.clone()),
-                _ => None,
-            };
-            out.push((name, value));
-        }
-    }
-    out
-}
-
 /// `pgshift.key` / `pgshift.context` given in the startup `options` (`-c pgshift.key=x` or `--pgshift.key=x`).
 pub fn settings_from_options(options: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -640,15 +675,26 @@ mod tests {
     }
 
     #[test]
-    fn settings_are_read_from_set_and_options() {
-        assert_eq!(
-            parse_settings("SET pgshift.key = 'tenant-7'; SET search_path = x; SET pgshift.context TO internal"),
-            vec![
-                ("pgshift.key".to_owned(), Some("tenant-7".to_owned())),
-                ("search_path".to_owned(), Some("x".to_owned())),
-                ("pgshift.context".to_owned(), Some("internal".to_owned())),
-            ]
-        );
+    fn statements_that_may_change_settings_or_the_search_path() {
+        let t = |settings, search_path| Touches {
+            settings,
+            search_path,
+        };
+        for (sql, want) in [
+            ("SET pgshift.key = 'tenant-7'", t(true, false)),
+            ("set local PGSHIFT.context to internal", t(true, false)),
+            ("SELECT set_config($1, $2, false)", t(true, true)),
+            ("RESET ALL", t(true, true)),
+            ("DISCARD ALL", t(true, true)),
+            ("SET search_path = app, public", t(false, true)),
+            ("SELECT * FROM users WHERE id = $1", t(false, false)),
+        ] {
+            assert_eq!(Touches::of(sql), want, "{sql}");
+        }
+    }
+
+    #[test]
+    fn settings_are_read_from_options() {
         assert_eq!(
             settings_from_options(
                 "-c pgshift.key=abc --pgshift.context=internal -csearch_path=public"

@@ -509,6 +509,87 @@ async fn reads_new(client: &Client) -> bool {
         == 1
 }
 
+/// The routing key follows every way Postgres applies a setting, as Postgres applies it: prepared SETs run
+/// again, set_config(), RESET back to the startup value, SET LOCAL ending with its transaction, and a SET
+/// rolled back with its transaction. Each takes effect at the next transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routing_key_is_tracked_as_postgres_tracks_it() {
+    let (db, proxy, direct) = setup("t_mig_key_setting", routing_reads(50.0)).await;
+    direct
+        .batch_execute("INSERT INTO v2.users VALUES (-1, 'marker', NULL, now())")
+        .await
+        .unwrap();
+    let on_new = |k: &str| bucket("users_v2", k) < 5000;
+    let keys: Vec<String> = (0..100).map(|i| format!("key-{i}")).collect();
+    let new = keys.iter().find(|k| on_new(k)).unwrap().clone();
+    let old = keys.iter().find(|k| !on_new(k)).unwrap().clone();
+
+    let url = format!("{}?options=-c%20pgshift.key%3D{old}", proxy.url(&db));
+    let client = connect(&url).await;
+    let mut seen = Vec::new();
+    let mut step = |what: &str, new_route: bool| seen.push((what.to_owned(), new_route));
+    step("startup option", reads_new(&client).await);
+
+    // Prepared SETs, each executed again later (psycopg prepares any statement run five times).
+    let set_new = client
+        .prepare(&format!("SET pgshift.key = '{new}'"))
+        .await
+        .unwrap();
+    let set_old = client
+        .prepare(&format!("SET pgshift.key = '{old}'"))
+        .await
+        .unwrap();
+    for (statement, name) in [(&set_new, "new"), (&set_old, "old"), (&set_new, "new")] {
+        client.execute(statement, &[]).await.unwrap();
+        step(&format!("prepared SET {name}"), reads_new(&client).await);
+    }
+    let set_config = client
+        .prepare("SELECT set_config('pgshift.key', $1, false)")
+        .await
+        .unwrap();
+    for (key, name) in [(&old, "old"), (&new, "new")] {
+        client.query(&set_config, &[key]).await.unwrap();
+        step(&format!("set_config {name}"), reads_new(&client).await);
+    }
+    client.batch_execute("RESET pgshift.key").await.unwrap();
+    step(
+        "RESET (back to the startup option)",
+        reads_new(&client).await,
+    );
+    client
+        .batch_execute(&format!("BEGIN; SET LOCAL pgshift.key = '{new}'; COMMIT"))
+        .await
+        .unwrap();
+    step("after SET LOCAL's transaction", reads_new(&client).await);
+    client
+        .batch_execute(&format!("BEGIN; SET pgshift.key = '{new}'; ROLLBACK"))
+        .await
+        .unwrap();
+    step("after a rolled-back SET", reads_new(&client).await);
+    client
+        .batch_execute(&format!("SET pgshift.key = '{new}'"))
+        .await
+        .unwrap();
+    step("simple SET new", reads_new(&client).await);
+
+    let want = [
+        ("startup option", false),
+        ("prepared SET new", true),
+        ("prepared SET old", false),
+        ("prepared SET new", true),
+        ("set_config old", false),
+        ("set_config new", true),
+        ("RESET (back to the startup option)", false),
+        ("after SET LOCAL's transaction", false),
+        ("after a rolled-back SET", false),
+        ("simple SET new", true),
+    ]
+    .map(|(what, new_route)| (what.to_owned(), new_route));
+    assert_eq!(seen, want, "(step, reads went to new)");
+    drop(client);
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_is_sticky_and_follows_reloads() {
     let (db, proxy, direct) = setup("t_mig_routing", routing_reads(25.0)).await;
