@@ -121,6 +121,20 @@ impl ClientError {
         )
     }
 
+    /// The process's descriptor limit, not `listen.max_connections`, is what stops this session.
+    pub fn out_of_descriptors(limit: u64, sessions: usize) -> Self {
+        Self::fatal(
+            SqlState::TOO_MANY_CONNECTIONS,
+            format!(
+                "sorry, too many clients already: pgshift's file-descriptor limit ({limit}) allows {sessions} sessions"
+            ),
+        )
+        .with_hint(
+            "Raise pgshift's hard RLIMIT_NOFILE (LimitNOFILE= under systemd, ulimit -Hn in a shell) or lower \
+             listen.max_connections.",
+        )
+    }
+
     pub fn shutting_down() -> Self {
         Self::fatal(
             SqlState::ADMIN_SHUTDOWN,

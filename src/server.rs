@@ -5,6 +5,7 @@ use crate::config::reload::{self, ConfigHandle};
 use crate::config::Config;
 use crate::metrics::{self, HttpState};
 use crate::protocol::tls::TlsSetupError;
+use crate::proxy::descriptors::{self, SessionLimit};
 use crate::proxy::{self, Phase};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,11 +44,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 /// the config file (if the handle has one) for hot reloads.
 pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError> {
     let config = (*handle.current()).clone();
+    let descriptor_limit = match descriptors::raise() {
+        Ok(limit) => Some(limit),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the file-descriptor limit");
+            None
+        }
+    };
     let prometheus = metrics::install();
     ::metrics::gauge!(metrics::CONFIG_INFO, "epoch" => config.epoch.clone()).set(1.0);
     // Fail on bad TLS files now, before accepting anyone.
     let (control, control_rx) = watch::channel(Phase::Running);
-    drop(proxy::Shared::new(handle.clone(), control_rx.clone())?);
+    drop(proxy::Shared::new(
+        handle.clone(),
+        control_rx.clone(),
+        SessionLimit::new(config.max_connections, None, 0),
+    )?);
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -75,7 +87,14 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
     };
     background.extend(reload::watch_file(handle.clone()));
     let workers = proxy::workers::Workers::start(config.workers).map_err(StartError::Workers)?;
-    let task = tokio::spawn(proxy::serve(listener, handle.clone(), control_rx, workers));
+    let sessions = session_limit(config.max_connections, descriptor_limit);
+    let task = tokio::spawn(proxy::serve(
+        listener,
+        handle.clone(),
+        control_rx,
+        workers,
+        sessions,
+    ));
     Ok(Running {
         addr,
         metrics_addr,
@@ -84,6 +103,24 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
         background,
         config: handle,
     })
+}
+
+/// `listen.max_connections`, capped by what the descriptor limit leaves once pgshift itself is running; warns
+/// when the limit is what decides.
+fn session_limit(max_connections: usize, limit: Option<descriptors::Limit>) -> SessionLimit {
+    let open = descriptors::open_now().unwrap_or(64);
+    let sessions = SessionLimit::new(max_connections, limit, open);
+    if let (true, Some(limit)) = (sessions.capped, limit) {
+        tracing::warn!(
+            soft_limit = limit.soft,
+            hard_limit = limit.hard,
+            max_connections,
+            sessions = sessions.max,
+            "the file-descriptor limit allows fewer sessions than listen.max_connections (each needs two \
+             descriptors); clients past it are refused with 53300. Raise the hard limit (LimitNOFILE=, ulimit -Hn)"
+        );
+    }
+    sessions
 }
 
 /// Tells a running pgshift to stop; cheap to clone into a signal handler.

@@ -1,6 +1,7 @@
 //! The proxy: accepting clients, running sessions, and shutting down gracefully.
 
 pub mod cancel;
+pub mod descriptors;
 pub mod pending;
 pub mod pump;
 pub mod respond;
@@ -13,6 +14,7 @@ pub mod workers;
 use crate::config::model::ClientTlsMode;
 use crate::config::reload::ConfigHandle;
 use crate::config::{Config, Upstream};
+use crate::error::ClientError;
 use crate::metrics::CONNECTIONS_TOTAL;
 use crate::protocol::tls::{self, TlsSetupError, UpstreamTls};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,8 +50,10 @@ pub struct Shared {
     pub upstream_tls: UpstreamTls,
     pub client_tls: Option<ClientTlsSetup>,
     pub cancels: cancel::Registry,
-    /// Sessions past negotiation, counted against `listen.max_connections`.
+    /// Sessions past negotiation, counted against `sessions`.
     pub active: AtomicUsize,
+    /// `listen.max_connections`, capped by the descriptor limit.
+    pub sessions: descriptors::SessionLimit,
     pub phase: watch::Receiver<Phase>,
 }
 
@@ -57,6 +61,7 @@ impl Shared {
     pub fn new(
         live: Arc<ConfigHandle>,
         phase: watch::Receiver<Phase>,
+        sessions: descriptors::SessionLimit,
     ) -> Result<Shared, TlsSetupError> {
         let config = (*live.current()).clone();
         let client_tls = match &config.client_tls {
@@ -74,9 +79,28 @@ impl Shared {
             live,
             cancels: cancel::Registry::default(),
             active: AtomicUsize::new(0),
+            sessions,
             phase,
         })
     }
+}
+
+/// Accepts one client while out of descriptors and tells it so (53300), without reading what it sent.
+async fn refuse_unaccepted(listener: &TcpListener, shared: &Shared) {
+    let limit = shared.sessions.descriptors.unwrap_or_default();
+    let accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
+    let Ok(Ok((tcp, peer))) = accepted else {
+        warn!("out of file descriptors and cannot accept a waiting client to tell it");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        return;
+    };
+    metrics::counter!(crate::metrics::CONNECTIONS_REFUSED, "reason" => "descriptors").increment(1);
+    warn!(%peer, limit, active = shared.active.load(Ordering::Relaxed), "out of file descriptors: client refused");
+    // Read what already arrived (its startup packet), so closing sends FIN rather than RST.
+    let mut sink = [0u8; 1024];
+    while matches!(tcp.try_read(&mut sink), Ok(n) if n > 0) {}
+    let err = ClientError::out_of_descriptors(limit, shared.sessions.max);
+    let _ = tcp.try_write(&err.to_bytes());
 }
 
 /// Accepts clients on `listener` until `control` leaves `Running`, then drains: sessions close at their next
@@ -87,9 +111,11 @@ pub async fn serve(
     live: Arc<ConfigHandle>,
     mut control: watch::Receiver<Phase>,
     workers: workers::Workers,
+    sessions: descriptors::SessionLimit,
 ) -> Result<(), TlsSetupError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let shared = Arc::new(Shared::new(live, phase_rx)?);
+    let shared = Arc::new(Shared::new(live, phase_rx, sessions)?);
+    let mut spare = descriptors::spare();
     let drain_timeout = shared.config.timeouts.drain;
     info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -106,8 +132,15 @@ pub async fn serve(
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(pair) => pair,
+                    Err(e) if descriptors::exhausted(&e) => {
+                        // The spare descriptor lets the waiting client in, to hear why it is refused.
+                        spare.take();
+                        refuse_unaccepted(&listener, &shared).await;
+                        spare = descriptors::spare();
+                        continue;
+                    }
                     Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
+                        // Back off instead of spinning.
                         warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;

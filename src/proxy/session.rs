@@ -132,8 +132,15 @@ async fn handle(
     let _slot = match SessionSlot::take(shared) {
         Some(slot) => slot,
         None => {
-            let err = ClientError::too_many_connections(shared.config.max_connections);
-            return Err(refuse(&mut client, err, "limit").await);
+            let limit = shared.sessions;
+            let (err, reason) = match limit.descriptors.filter(|_| limit.capped) {
+                Some(fds) => (
+                    ClientError::out_of_descriptors(fds, limit.max),
+                    "descriptors",
+                ),
+                None => (ClientError::too_many_connections(limit.max), "limit"),
+            };
+            return Err(refuse(&mut client, err, reason).await);
         }
     };
 
@@ -200,7 +207,7 @@ async fn refuse(client: &mut Stream, err: ClientError, reason: &'static str) -> 
     SessionError::Refused(err)
 }
 
-/// Counts the session against `listen.max_connections` for as long as it lives.
+/// Counts the session against `listen.max_connections` (capped by the descriptor limit) for as long as it lives.
 struct SessionSlot<'a>(&'a Shared);
 
 impl<'a> SessionSlot<'a> {
@@ -208,7 +215,7 @@ impl<'a> SessionSlot<'a> {
         let before = shared.active.fetch_add(1, Ordering::AcqRel);
         let slot = SessionSlot(shared);
         m::handles().connections_active.increment(1.0);
-        (before < shared.config.max_connections).then_some(slot)
+        (before < shared.sessions.max).then_some(slot)
     }
 }
 

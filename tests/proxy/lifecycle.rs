@@ -120,7 +120,7 @@ async fn sigterm_drains_sessions_then_closes_the_rest() {
         .await
         .unwrap();
 
-    let (mut child, addr, _dir) = spawn_pgshift("[timeouts]\ndrain = \"3s\"\n").await;
+    let (mut child, addr, _dir) = spawn_pgshift("[timeouts]\ndrain = \"3s\"\n", None).await;
 
     let mut idle = Raw::login(addr, &db).await;
     let mut finishing = Raw::login(addr, &db).await;
@@ -198,9 +198,11 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-/// Starts the pgshift binary on a free port; returns the child and its address.
+/// Starts the pgshift binary on a free port, with its stderr in `stderr.log` of the returned directory, and
+/// optionally a hard descriptor limit; returns the child and its address.
 async fn spawn_pgshift(
     extra: &str,
+    descriptor_limit: Option<libc::rlim_t>,
 ) -> (
     tokio::process::Child,
     std::net::SocketAddr,
@@ -217,13 +219,29 @@ async fn spawn_pgshift(
         ),
     )
     .unwrap();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"))
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgshift"));
+    command
         .args(["serve", "--config"])
         .arg(&config)
         .kill_on_drop(true)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
+    if let Some(fds) = descriptor_limit {
+        // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit {
+                    rlim_cur: fds,
+                    rlim_max: fds,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    }
+    let child = command.spawn().unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     crate::support::wait_listening(addr).await;
     (child, addr, dir)
@@ -232,7 +250,7 @@ async fn spawn_pgshift(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_gets_backpressure_not_buffering() {
     let db = fresh_db("t_slow_reader").await;
-    let (mut child, addr, _dir) = spawn_pgshift("").await;
+    let (mut child, addr, _dir) = spawn_pgshift("", None).await;
     let pid = child.id().unwrap();
     let mut raw = Raw::login(addr, &db).await;
     let before = rss_kib(pid);
@@ -261,5 +279,78 @@ async fn slow_reader_gets_backpressure_not_buffering() {
     }
     assert_eq!(rows, 200_000);
     assert!(total > 200_000_000);
+    child.kill().await.unwrap();
+}
+
+/// At the descriptor limit, clients past it are refused at once with 53300 instead of hanging in the accept
+/// queue; the sessions already open keep working, and pgshift serves again once they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_past_the_descriptor_limit_get_53300_within_a_second() {
+    let db = fresh_db("t_fd_limit").await;
+    let (mut child, addr, dir) = spawn_pgshift("", Some(64)).await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+        addr.port()
+    );
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(
+        log.contains("the file-descriptor limit allows fewer sessions than listen.max_connections"),
+        "no warning at startup:\n{log}"
+    );
+
+    let mut open = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..40 {
+        match tokio::time::timeout(Duration::from_secs(1), tokio_postgres::connect(&url, NoTls))
+            .await
+        {
+            Ok(Ok((client, connection))) => {
+                tokio::spawn(connection);
+                open.push(client);
+            }
+            Ok(Err(e)) => refused.push((
+                e.code().cloned(),
+                e.as_db_error()
+                    .map_or(e.to_string(), |d| d.message().to_owned()),
+            )),
+            Err(_) => panic!(
+                "a client hung at the descriptor limit ({} open, {} refused)",
+                open.len(),
+                refused.len()
+            ),
+        }
+    }
+    assert!(open.len() >= 5, "only {} sessions opened", open.len());
+    assert!(!refused.is_empty(), "40 sessions fit in 64 descriptors?");
+    for (code, message) in &refused {
+        assert_eq!(
+            code.as_ref(),
+            Some(&SqlState::TOO_MANY_CONNECTIONS),
+            "{message}"
+        );
+        assert!(message.contains("file-descriptor limit (64)"), "{message}");
+    }
+    for client in &open {
+        assert_eq!(
+            client
+                .query_one("SELECT 1", &[])
+                .await
+                .unwrap()
+                .get::<_, i32>(0),
+            1
+        );
+    }
+    eprintln!(
+        "descriptor limit 64: {} sessions served, {} refused with 53300",
+        open.len(),
+        refused.len()
+    );
+    drop(open);
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "a session after the others closed",
+        || async { tokio_postgres::connect(&url, NoTls).await.is_ok() },
+    )
+    .await;
     child.kill().await.unwrap();
 }
