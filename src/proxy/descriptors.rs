@@ -11,8 +11,8 @@ pub const RESERVE: usize = 16;
 /// The soft and hard RLIMIT_NOFILE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
-    pub soft: u64,
-    pub hard: u64,
+    pub soft: libc::rlim_t,
+    pub hard: libc::rlim_t,
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit, as nginx, Go's runtime and systemd services do: the soft
@@ -38,8 +38,8 @@ pub fn raise() -> io::Result<Limit> {
         }
     }
     Ok(Limit {
-        soft: limit.rlim_cur as u64,
-        hard: limit.rlim_max as u64,
+        soft: limit.rlim_cur,
+        hard: limit.rlim_max,
     })
 }
 
