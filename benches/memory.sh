@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# pgshift's memory: RSS per idle client connection (500 connections), and RSS while a client reads a
-# 1M-row (~110 MB) result slowly. A throwaway cluster; the client is plain Python sockets (no driver needed).
+# pgshift's memory: RSS per idle client connection (500 connections), RSS while a client reads a 1M-row
+# (~110 MB) result slowly, and RSS with no clients left after each of 9 floods of 2,000 sessions (it must come
+# back to within 10 % of its value after the first flood). A throwaway cluster; the client is plain Python
+# sockets (no driver needed).
 #
-#   benches/memory.sh            # prints two lines of figures
+#   benches/memory.sh            # prints three lines of figures (about a minute)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNECTIONS=${CONNECTIONS:-500}
+FLOOD=${FLOOD:-2000}
+ROUNDS=${ROUNDS:-9}
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$bindir/initdb" ] || { echo "PostgreSQL server binaries not found: apt-get install postgresql" >&2; exit 1; }
@@ -20,15 +24,15 @@ cleanup() { kill "${spid:-}" 2>/dev/null || true; "${run_as[@]}" pg_ctl -D "$wor
 trap cleanup EXIT
 "${run_as[@]}" initdb -A trust -U postgres -D "$work/data" >/dev/null
 "${run_as[@]}" pg_ctl -D "$work/data" -l "$work/pg.log" -w -o "-p $pg_port -k $work -c listen_addresses=127.0.0.1 \
-  -c max_connections=$((CONNECTIONS + 20)) -c shared_buffers=128MB -c fsync=off" start >/dev/null
+  -c max_connections=$(( (CONNECTIONS > FLOOD ? CONNECTIONS : FLOOD) + 20 )) -c shared_buffers=128MB -c fsync=off" start >/dev/null
 printf '[listen]\naddr = "127.0.0.1:%s"\n[upstream]\naddr = "127.0.0.1:%s"\n[upstream.tls]\nmode = "disable"\n[log]\nlevel = "warn"\n' \
   "$port" "$pg_port" > "$work/pgshift.toml"
 target/release/pgshift serve --config "$work/pgshift.toml" 2>"$work/pgshift.log" & spid=$!
 sleep 1
 
-python3 - "$port" "$spid" "$CONNECTIONS" <<'PY'
+python3 - "$port" "$spid" "$CONNECTIONS" "$FLOOD" "$ROUNDS" <<'PY'
 import socket, struct, sys, time
-port, pid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+port, pid, n, flood, rounds = (int(a) for a in sys.argv[1:6])
 
 def rss_kib():
     for line in open(f"/proc/{pid}/status"):
@@ -96,6 +100,20 @@ while True:
     if total % (64 * 1024 * 16) < 65536:
         peak = max(peak, rss_kib())
     time.sleep(0.002)
+s.close()
+
+# Floods: FLOOD sessions logged in at once, then all closed; RSS once no client is left.
+after = []
+for _ in range(rounds):
+    conns = [login() for _ in range(flood)]
+    for c in conns:
+        c.close()
+    time.sleep(1)
+    after.append(rss_kib())
+worst = max(abs(a - after[0]) / after[0] for a in after[1:]) if rounds > 1 else 0.0
+print(f"{rounds} floods of {flood} sessions: RSS with no clients after each "
+      f"{' -> '.join(f'{a / 1024:.1f}' for a in after)} MiB; at most {worst * 100:.1f} % from the first "
+      f"({'within' if worst <= 0.10 else 'NOT within'} 10 %)")
 print(f"slow reader of {rows} rows ({total / 1e6:.0f} MB): RSS {before} KiB before, {stalled} KiB while the "
       f"client read nothing for 3 s, peak {max(peak, rss_kib())} KiB while it read slowly")
 PY

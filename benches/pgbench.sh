@@ -8,9 +8,10 @@
 # Targets:
 #   direct         PostgreSQL itself
 #   pgbouncer      PgBouncer, session pooling
-#   pgshift        pgshift with no migration (passthrough), WORKERS session threads (default 1: PgBouncer runs one
-#                  thread, so CPU per transaction compares like with like)
-#   pgshift_percpu the same with pgshift's default of one session thread per CPU
+#   pgshift        pgshift with no migration (passthrough), default settings (listen.workers = 0: one session
+#                  thread per four CPUs, at least one) — the headline: what a user gets
+#   pgshift_1thread the same with listen.workers = 1 (PgBouncer runs one thread)
+#   pgshift_percpu the same with one session thread per CPU (listen.workers = nproc)
 #   dual           pgshift with a table migration on pgbench_accounts (abalance → v2.pgbench_accounts.balance),
 #                  writes = dual_write, reads on old
 #   dual_read50    the same with reads.new_percent = 50: half the clients (by routing key) read the new table
@@ -30,8 +31,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
 ROUNDS=${ROUNDS:-3}
 WORKLOADS=${WORKLOADS:-"select-only tpcb-like"}
 MODES=${MODES:-"simple extended prepared"}
-TARGETS=${TARGETS:-"direct pgbouncer pgshift pgshift_percpu dual dual_read50 by_hand by_hand_pgbouncer"}
-WORKERS=${WORKERS:-1}
+TARGETS=${TARGETS:-"direct pgbouncer pgshift pgshift_1thread pgshift_percpu dual dual_read50 by_hand by_hand_pgbouncer"}
+WORKERS=${WORKERS:-0}
 
 bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$bindir/initdb" ] || { echo "PostgreSQL server binaries not found: apt-get install postgresql" >&2; exit 1; }
@@ -118,7 +119,8 @@ start_pgshift() { # name, workers, extra config
   port[$name]=$p; pid[$name]=$!
 }
 start_pgshift pgshift "$WORKERS" ""
-start_pgshift pgshift_percpu 0 ""
+start_pgshift pgshift_1thread 1 ""
+start_pgshift pgshift_percpu "$(nproc)" ""
 start_pgshift dual "$WORKERS" "$(migration 0)"
 start_pgshift dual_read50 "$WORKERS" "$(migration 50)"
 sleep 1

@@ -11,9 +11,110 @@ use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 pub async fn connect(dsn: &str) -> Result<Client, String> {
     let (client, connection) = tokio_postgres::connect(dsn, NoTls)
         .await
-        .map_err(|e| format!("cannot connect to {dsn}: {e}"))?;
+        .map_err(|e| format!("cannot connect to {}: {}", redact(dsn), cause(&e)))?;
     tokio::spawn(connection);
     Ok(client)
+}
+
+/// What went wrong, down to the root: the server's own message (`database "nodb" does not exist`) or the OS
+/// error, not only tokio-postgres's summary (`db error`, `error connecting to server`).
+pub fn cause(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({})", db.message(), db.code().code());
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out = format!("{out}: {s}");
+        source = s.source();
+    }
+    out
+}
+
+/// A connection string with its password replaced by `***`, in URL (`postgres://u:pw@h`) or key=value form.
+pub fn redact(dsn: &str) -> String {
+    if let Some(scheme_end) = dsn.find("://") {
+        let rest = &dsn[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                let end = scheme_end + 3 + at;
+                return format!("{}***{}", &dsn[..start], &dsn[end..]).replace_password_param();
+            }
+        }
+        return dsn.replace_password_param();
+    }
+    dsn.replace_password_param()
+}
+
+trait ReplacePassword {
+    fn replace_password_param(&self) -> String;
+}
+
+impl ReplacePassword for str {
+    /// `password=…` in key=value strings and URL query parameters, quoted values included.
+    fn replace_password_param(&self) -> String {
+        let mut out = String::with_capacity(self.len());
+        let mut rest = self;
+        while let Some(i) = rest.to_ascii_lowercase().find("password=") {
+            let boundary = i == 0 || matches!(rest.as_bytes()[i - 1], b' ' | b'?' | b'&');
+            out.push_str(&rest[..i + 9]);
+            rest = &rest[i + 9..];
+            if !boundary {
+                continue;
+            }
+            let end = if let Some(quoted) = rest.strip_prefix('\'') {
+                quoted.find('\'').map_or(rest.len(), |q| q + 2)
+            } else {
+                rest.find([' ', '&']).unwrap_or(rest.len())
+            };
+            out.push_str("***");
+            rest = &rest[end..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Why `rewrite` sends a statement unchanged, in the operator's terms.
+pub fn why_unchanged(
+    sql: &str,
+    config: &Config,
+    actions: &[rewrite::Action],
+    schema_known: bool,
+) -> String {
+    let lower = sql.to_lowercase();
+    let named: Vec<&Migration> = config
+        .migrations
+        .iter()
+        .filter(|m| lower.contains(&m.table.name.to_lowercase()))
+        .collect();
+    if let Some(action) = actions.iter().find(|a| a.what == "read_old") {
+        return format!(
+            "its reads stay on the old schema on this route (migration \"{}\")",
+            action.migration
+        );
+    }
+    if named.is_empty() {
+        return "it names no migrated table".to_owned();
+    }
+    let off: Vec<String> = named
+        .iter()
+        .filter(|m| m.writes == crate::config::migration::WriteMode::Off)
+        .map(|m| format!("\"{}\"", m.name))
+        .collect();
+    if !off.is_empty() {
+        return format!(
+            "writes = \"off\" for migration {}, and its reads (if any) are not routed",
+            off.join(", ")
+        );
+    }
+    if !schema_known {
+        return "without --dsn pgshift does not know the tables' columns, which most rewrites need"
+            .to_owned();
+    }
+    "nothing in it reads or writes a migrated table".to_owned()
 }
 
 /// The same catalog lookup a session does, over the admin connection.
@@ -21,7 +122,10 @@ pub async fn schema(client: &Client, migrations: &[&Migration]) -> Result<Schema
     let Some(sql) = catalog::query(migrations) else {
         return Ok(Schema::default());
     };
-    let rows = client.simple_query(&sql).await.map_err(|e| e.to_string())?;
+    let rows = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| format!("the catalog lookup failed: {}", cause(&e)))?;
     let rows: Vec<Vec<Option<String>>> = rows
         .into_iter()
         .filter_map(|m| match m {
@@ -168,4 +272,38 @@ pub fn rewrite(sql: &str, config: &Config, schema: &Schema, route: Route) -> Pla
             prefilter: &prefilter,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted_in_every_dsn_form() {
+        for (dsn, want) in [
+            (
+                "postgres://app:s3cret@db:5432/app",
+                "postgres://app:***@db:5432/app",
+            ),
+            (
+                "postgresql://app:p%40ss@db/app?sslmode=require",
+                "postgresql://app:***@db/app?sslmode=require",
+            ),
+            (
+                "postgres://app@db/app?password=s3cret&sslmode=disable",
+                "postgres://app@db/app?password=***&sslmode=disable",
+            ),
+            (
+                "host=db user=app password=s3cret dbname=app",
+                "host=db user=app password=*** dbname=app",
+            ),
+            (
+                "host=db password='with space' dbname=app",
+                "host=db password=*** dbname=app",
+            ),
+            ("postgres://app@db/app", "postgres://app@db/app"),
+        ] {
+            assert_eq!(redact(dsn), want, "{dsn}");
+        }
+    }
 }

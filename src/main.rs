@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand};
 use pgshift::config::reload::{ConfigHandle, Trigger};
 use pgshift::config::{Config, Overrides};
-use pgshift::rewrite::{Plan, Shape};
+use pgshift::rewrite::{DmlTag, Plan, Shape};
 use pgshift::routing::Route;
 use pgshift::server;
 use std::path::PathBuf;
@@ -34,6 +34,7 @@ enum Cmd {
     /// Validate a config file and print what it sets; exits non-zero if it is invalid. With --dsn, also check
     /// every migration against the live catalog (tables, columns, keys, that up/down expressions plan).
     Check {
+        /// The config file to validate (see config/pgshift.example.toml).
         #[arg(short, long)]
         config: PathBuf,
         /// A connection string for checking the catalog, e.g. postgres://user@host/db
@@ -42,6 +43,7 @@ enum Cmd {
     },
     /// Show what pgshift would send upstream for a statement, on each read route, or why it refuses it.
     Rewrite {
+        /// The config file whose migrations apply (see config/pgshift.example.toml).
         #[arg(short, long)]
         config: PathBuf,
         /// Only this route (default: both).
@@ -141,14 +143,25 @@ async fn run(command: Cmd) -> Result<(), String> {
                     if route == Route::New { "new" } else { "old" }
                 );
                 match pgshift::admin::rewrite(&sql, &config, &schema, route) {
-                    Plan::Forward { .. } => println!("{sql}
--- (sent unchanged)"),
+                    Plan::Forward { actions } => println!(
+                        "{sql}\n-- sent unchanged: {}",
+                        pgshift::admin::why_unchanged(&sql, &config, &actions, dsn.is_some())
+                    ),
                     Plan::Rewrite { sql, shapes, .. } => {
                         println!("{sql}");
                         for (i, shape) in shapes.iter().enumerate() {
                             if let Shape::Dml { tag, returning, .. } = shape {
-                                let rows = if *returning { "RETURNING rows kept" } else { "its zero-column rows dropped" };
-                                println!("-- statement {}: reply tag becomes {tag:?}, {rows}", i + 1);
+                                let rows = if *returning {
+                                    "its RETURNING rows are the client's"
+                                } else {
+                                    "its zero-column rows are dropped"
+                                };
+                                let tag = match tag {
+                                    DmlTag::Insert => "INSERT 0 n",
+                                    DmlTag::Update => "UPDATE n",
+                                    DmlTag::Delete => "DELETE n",
+                                };
+                                println!("-- statement {}: the client sees the command tag {tag}; {rows}", i + 1);
                             }
                         }
                     }
@@ -158,9 +171,6 @@ async fn run(command: Cmd) -> Result<(), String> {
                     ),
                 }
             }
-            if dsn.is_none() && !config.migrations.is_empty() {
-                eprintln!("note: without --dsn pgshift does not know the tables' columns, which most rewrites need");
-            }
             Ok(())
         }
         Cmd::Check { config, dsn } => {
@@ -168,9 +178,9 @@ async fn run(command: Cmd) -> Result<(), String> {
             println!("config is valid (epoch {})", config.epoch);
             println!("  listen:   {}", config.listen_addr);
             println!(
-                "  upstream: {} (tls {:?})",
+                "  upstream: {} (tls mode = {})",
                 config.upstream.describe(),
-                config.upstream.tls.mode
+                word(&config.upstream.tls.mode)
             );
             if let Some(m) = config.metrics_addr {
                 println!("  metrics:  {m}");
@@ -182,11 +192,11 @@ async fn run(command: Cmd) -> Result<(), String> {
                     .map(|t| format!(" -> {t}"))
                     .unwrap_or_default();
                 println!(
-                    "  migration {}: {:?} {}{target}, writes {:?}, reads {}% to new, {} rule(s)",
+                    "  migration {}: kind = {}, {}{target}, writes = {}, reads {}% to new, {} rule(s)",
                     m.name,
-                    m.kind,
+                    word(&m.kind),
                     m.table,
-                    m.writes,
+                    word(&m.writes),
                     f64::from(m.reads.new_bp) / 100.0,
                     m.reads.rules.len()
                 );
@@ -212,6 +222,14 @@ async fn run(command: Cmd) -> Result<(), String> {
         } => pgshift::demo::run(&listen, &metrics, run_for)
             .await
             .map_err(|e| e.to_string()),
+    }
+}
+
+/// How the config file spells a setting's value (`dual_write`, `verify-full`), not its Rust name.
+fn word<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
     }
 }
 

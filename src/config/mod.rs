@@ -121,6 +121,15 @@ impl Config {
     }
 }
 
+/// Session threads when `listen.workers` is 0: one per four cores, at least one. A proxy needs far less CPU per
+/// transaction than the database behind it and the clients in front of it, and usually shares a machine with
+/// one of them: on 2 cores, one thread gave 0.95x PgBouncer's TPS where one per core gave 0.78x (BENCHMARKS.md),
+/// each extra thread adding wakeups and cache misses but no throughput. One thread carries tens of thousands of
+/// transactions per second; set `listen.workers` on a host dedicated to pgshift.
+pub fn default_workers(cores: usize) -> usize {
+    (cores / 4).max(1)
+}
+
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
@@ -198,7 +207,7 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<Strin
             listen_addr,
             max_connections: raw.listen.max_connections,
             workers: match raw.listen.workers {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                0 => default_workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
                 n => n,
             },
             client_tls,
@@ -314,6 +323,14 @@ fn epoch_of(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::default_workers;
+
+    #[test]
+    fn default_workers_leave_most_cores_to_the_database_and_clients() {
+        let by_cores: Vec<usize> = [1, 2, 4, 8, 16, 64].map(default_workers).to_vec();
+        assert_eq!(by_cores, [1, 1, 1, 2, 4, 16]);
+    }
+
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {

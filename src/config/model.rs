@@ -31,7 +31,7 @@ pub struct ListenSection {
     /// Client connections over this are refused with SQLSTATE 53300.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Threads that run sessions; 0 (the default) means one per CPU.
+    /// Threads that run sessions; 0 (the default) means one per four CPUs, at least one.
     #[serde(default)]
     pub workers: usize,
     pub tls: Option<ClientTlsSection>,
@@ -94,7 +94,7 @@ pub struct UpstreamTlsSection {
 }
 
 /// The libpq sslmode values that make sense for a proxy's upstream leg.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamTlsMode {
     Disable,

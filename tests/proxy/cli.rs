@@ -94,6 +94,43 @@ async fn check_with_dsn_verifies_the_live_catalog() {
     );
 }
 
+/// Connection errors show the server's own reason, and a DSN is never printed with its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dsn_errors_show_the_cause_and_hide_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = config(dir.path(), r#"{ old = "fullname", new = "display_name" }"#);
+    let dsn = format!(
+        "postgres://postgres:s3cret-pw@{}/no_such_db",
+        cluster().addr()
+    );
+    for command in ["check", "rewrite"] {
+        let mut args = vec![command, "--config", path.to_str().unwrap(), "--dsn", &dsn];
+        if command == "rewrite" {
+            args.push("SELECT 1");
+        }
+        let (ok, out, err) = pgshift(&args).await;
+        assert!(!ok, "{out}");
+        assert!(
+            err.contains("database \"no_such_db\" does not exist (3D000)"),
+            "{command}: {err}"
+        );
+        assert!(err.contains("postgres://postgres:***@"), "{command}: {err}");
+        assert!(
+            !format!("{out}{err}").contains("s3cret-pw"),
+            "{command}: {err}"
+        );
+    }
+    let (ok, out, _) = pgshift(&["check", "--config", path.to_str().unwrap()]).await;
+    assert!(ok);
+    assert!(
+        out.contains("tls mode = prefer")
+            && out.contains(
+                "migration users_v2: kind = table, public.users -> v2.users, writes = dual_write"
+            ),
+        "config words, not Rust names: {out}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewrite_shows_what_would_be_sent() {
     let db = fresh_db("t_cli_rewrite").await;
@@ -123,7 +160,30 @@ async fn rewrite_shows_what_would_be_sent() {
          FROM __pgshift_old ON CONFLICT (id) DO UPDATE SET display_name = EXCLUDED.display_name"
     ), "{out}");
     assert!(
-        out.contains("-- statement 1: reply tag becomes Insert, its zero-column rows dropped"),
+        out.contains("-- statement 1: the client sees the command tag INSERT 0 n; its zero-column rows are dropped"),
+        "{out}"
+    );
+    assert!(!out.contains("  "), "a double space in {out}");
+
+    // A statement sent as is says why.
+    let (ok, out, _) = pgshift(&["rewrite", "--config", path, "--route", "old", "SELECT 1"]).await;
+    assert!(ok);
+    assert_eq!(
+        out,
+        "-- reads routed to old:\nSELECT 1\n-- sent unchanged: it names no migrated table\n"
+    );
+    let (ok, out, _) = pgshift(&[
+        "rewrite",
+        "--config",
+        path,
+        "--route",
+        "new",
+        "SELECT * FROM users",
+    ])
+    .await;
+    assert!(ok);
+    assert!(
+        out.ends_with("-- sent unchanged: without --dsn pgshift does not know the tables' columns, which most rewrites need\n"),
         "{out}"
     );
 
