@@ -23,6 +23,8 @@ pub enum DemoError {
     Schema(String),
     #[error("could not write the demo config: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Address(String),
 }
 
 /// The expand phase and the backfill, done up front: both new schemas exist and hold the old data.
@@ -53,6 +55,7 @@ fn config_text(
 
 [listen]
 addr = "{listen}"
+max_connections = 200
 [upstream]
 addr = "{upstream}"
 [upstream.tls]
@@ -90,6 +93,16 @@ rules = [{{ application_name = "batch_processor", new_percent = 0 }}]
 }
 
 pub async fn run(listen: &str, metrics: &str, run_for: Option<Duration>) -> Result<(), DemoError> {
+    // Find a busy port before spending seconds on a cluster.
+    for addr in [listen, metrics] {
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| {
+            DemoError::Address(format!("{addr:?} is not an address like 127.0.0.1:6432"))
+        })?;
+        if let Err(source) = std::net::TcpListener::bind(addr) {
+            return Err(server::StartError::Bind { addr, source }.into());
+        }
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     eprintln!("Starting a throwaway PostgreSQL cluster…");
     let cluster = tokio::task::spawn_blocking(|| Cluster::start(&Options::default()))
         .await
@@ -123,7 +136,7 @@ pub async fn run(listen: &str, metrics: &str, run_for: Option<Duration>) -> Resu
     println!("  edit to shift reads:      {}", path.display());
     println!("  try in psql:              INSERT INTO users (fullname) VALUES ('me') RETURNING *;");
     println!("                            SELECT * FROM v2.users ORDER BY id DESC LIMIT 1;");
-    println!("Press Ctrl-C to stop (the cluster and its data are removed).");
+    println!("Press Ctrl-C to stop (the cluster, its data and this directory are removed).");
     println!();
 
     let workload = tokio::spawn(workload(proxy_url));
@@ -141,21 +154,38 @@ pub async fn run(listen: &str, metrics: &str, run_for: Option<Duration>) -> Resu
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
         _ = view => {}
         _ = async { match run_for { Some(d) => tokio::time::sleep(d).await, None => std::future::pending().await } } => {}
     }
-    eprintln!("Stopping…");
+    eprintln!(
+        "Stopping: closing the workload, pgshift, and removing the cluster and {}…",
+        dir.path().display()
+    );
+    // The workload's sessions end with it, so pgshift drains without closing anyone.
     workload.abort();
-    running.drain();
-    running.close();
-    let _ = running.wait().await;
+    let _ = workload.await;
+    let control = running.controller();
+    control.drain();
+    let wait = running.wait();
+    tokio::pin!(wait);
+    tokio::select! {
+        _ = &mut wait => {}
+        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+            control.close();
+            let _ = wait.await;
+        }
+    }
     drop(cluster);
+    drop(dir);
+    eprintln!("Stopped.");
     Ok(())
 }
 
 /// A few application instances: each writes and reads both migrated tables a few times a second.
 async fn workload(url: String) {
-    let mut apps = Vec::new();
+    // Aborting the workload drops the set, which aborts each app with its connection.
+    let mut apps = tokio::task::JoinSet::new();
     for i in 0..6 {
         let name = if i == 5 {
             "batch_processor".to_owned()
@@ -163,42 +193,45 @@ async fn workload(url: String) {
             format!("web-{i}")
         };
         let url = format!("{url}?application_name={name}");
-        apps.push(tokio::spawn(async move {
+        apps.spawn(async move {
             let Ok((client, connection)) =
                 tokio_postgres::connect(&url, tokio_postgres::NoTls).await
             else {
                 return;
             };
-            tokio::spawn(connection);
-            for n in 0u64.. {
-                let _ = client
-                    .execute(
-                        "INSERT INTO users (fullname, email) VALUES ($1, $2)",
-                        &[&format!("{name} {n}"), &None::<String>],
-                    )
-                    .await;
-                let _ = client
-                    .execute(
-                        "UPDATE orders SET legacy_status = $1 WHERE id = $2",
-                        &[
-                            &["new", "paid", "shipped"][(n % 3) as usize],
-                            &(1 + (n % 100) as i64),
-                        ],
-                    )
-                    .await;
-                let _ = client
-                    .query("SELECT fullname FROM users ORDER BY id DESC LIMIT 5", &[])
-                    .await;
-                let _ = client
-                    .query("SELECT legacy_status, count(*) FROM orders GROUP BY 1", &[])
-                    .await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
+            let work = async {
+                for n in 0u64.. {
+                    let _ = client
+                        .execute(
+                            "INSERT INTO users (fullname, email) VALUES ($1, $2)",
+                            &[&format!("{name} {n}"), &None::<String>],
+                        )
+                        .await;
+                    let _ = client
+                        .execute(
+                            "UPDATE orders SET legacy_status = $1 WHERE id = $2",
+                            &[
+                                &["new", "paid", "shipped"][(n % 3) as usize],
+                                &(1 + (n % 100) as i64),
+                            ],
+                        )
+                        .await;
+                    let _ = client
+                        .query("SELECT fullname FROM users ORDER BY id DESC LIMIT 5", &[])
+                        .await;
+                    let _ = client
+                        .query("SELECT legacy_status, count(*) FROM orders GROUP BY 1", &[])
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            };
+            tokio::select! {
+                _ = connection => {}
+                _ = work => {}
             }
-        }));
+        });
     }
-    for app in apps {
-        let _ = app.await;
-    }
+    while apps.join_next().await.is_some() {}
 }
 
 /// Counter values by `name{labels}` from the Prometheus text.

@@ -297,7 +297,10 @@ async fn sessions_past_the_descriptor_limit_get_53300_within_a_second() {
         log.contains("the file-descriptor limit allows fewer sessions than listen.max_connections"),
         "no warning at startup:\n{log}"
     );
-    assert!(!log.contains('\u{1b}'), "colour codes in a log file:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
 
     let mut open = Vec::new();
     let mut refused = Vec::new();
