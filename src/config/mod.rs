@@ -72,8 +72,6 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}")]
-    Syntax { path: PathBuf, message: String },
     #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
     Invalid {
         path: PathBuf,
@@ -93,10 +91,13 @@ impl Config {
 
     /// Parses and validates config text; `path` is used in messages and to resolve relative file names.
     pub fn parse(text: &str, path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let (raw, mut problems) = deserialize_all(text);
+        let Some(mut raw) = raw else {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        };
         if let Some(listen) = &overrides.listen {
             raw.listen.addr = listen.clone();
         }
@@ -107,10 +108,20 @@ impl Config {
             raw.metrics.addr = Some(metrics.clone());
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        validate(raw, base, text).map_err(|problems| ConfigError::Invalid {
-            path: path.to_owned(),
-            problems,
-        })
+        match validate(raw, base, text) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            }),
+            Err(more) => {
+                problems.extend(more);
+                Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    problems,
+                })
+            }
+        }
     }
 
     /// A config with defaults and only an upstream, for `serve --upstream` without a file.
@@ -128,6 +139,50 @@ impl Config {
 /// transactions per second; set `listen.workers` on a host dedicated to pgshift.
 pub fn default_workers(cores: usize) -> usize {
     (cores / 4).max(1)
+}
+
+/// Deserializes `text`, reporting every key with a wrong type, an unknown value or an unknown name rather than
+/// only the first: each one found is blanked out (its lines replaced by spaces, so later errors keep their line
+/// numbers) and the rest read again, with that key at its default. Stops at an error no line explains (a
+/// missing key, a bad table header), since reading on would only report its consequences.
+fn deserialize_all(text: &str) -> (Option<RawConfig>, Vec<String>) {
+    let (raw, mut found) = deserialize_each(text);
+    found.sort_by_key(|(line, _)| *line);
+    (raw, found.into_iter().map(|(_, problem)| problem).collect())
+}
+
+/// The problems of [`deserialize_all`] with their line numbers, in the order serde meets them.
+fn deserialize_each(text: &str) -> (Option<RawConfig>, Vec<(usize, String)>) {
+    let mut text = text.to_owned();
+    let mut problems = Vec::new();
+    loop {
+        let e = match toml::from_str::<RawConfig>(&text) {
+            Ok(raw) => return (Some(raw), problems),
+            Err(e) => e,
+        };
+        let message = e.message().trim().to_owned();
+        let Some(span) = e.span().filter(|span| span.start < text.len()) else {
+            problems.push((usize::MAX, message));
+            return (None, problems);
+        };
+        let first = text[..span.start].matches('\n').count();
+        let last = first + text[span.start..span.end.max(span.start)].trim_end().matches('\n').count();
+        let line = text.lines().nth(first).unwrap_or_default().trim().to_owned();
+        problems.push((first, format!("line {} ({line}): {message}", first + 1)));
+        let removable = !line.starts_with('[') && !message.starts_with("missing field");
+        if !removable || problems.len() > 100 {
+            return (None, problems);
+        }
+        let mut out = String::with_capacity(text.len());
+        for (i, l) in text.split_inclusive('\n').enumerate() {
+            if (first..=last).contains(&i) {
+                out.extend(l.chars().map(|c| if c == '\n' { '\n' } else { ' ' }));
+            } else {
+                out.push_str(l);
+            }
+        }
+        text = out;
+    }
 }
 
 fn toml_string(s: &str) -> String {
@@ -359,6 +414,25 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("unknown field `adress`"), "{text}");
         assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn type_value_and_name_errors_are_all_reported_with_the_rest() {
+        let err = parse(
+            "[upstream]\naddr = \"127.0.0.1:5432\"\n[upstream.tls]\nmode = \"preferr\"\n\
+             [[migration]]\nname = \"m\"\nkind = \"column\"\ntable = \"t\"\nkey = [\"id\"]\n\
+             columns = [{ old = \"a\", new = \"b\" }]\nwrites = \"dual\"\nspeed = 3\n\
+             [migration.reads]\nnew_percent = 150\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = err else {
+            panic!("expected Invalid, got {err}")
+        };
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        assert!(problems[0].starts_with("line 4 (mode = \"preferr\"): unknown variant `preferr`"), "{problems:#?}");
+        assert!(problems[1].starts_with("line 11 (writes = \"dual\"): unknown variant `dual`"), "{problems:#?}");
+        assert!(problems[2].starts_with("line 12 (speed = 3): unknown field `speed`"), "{problems:#?}");
+        assert!(problems[3].contains("new_percent"), "{problems:#?}");
     }
 
     #[test]
