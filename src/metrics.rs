@@ -94,6 +94,16 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Folds recorded histogram samples into their buckets every few seconds. The exporter keeps each sample until
+/// a scrape or this upkeep folds it in, so without it a pgshift nobody scrapes grows with every session.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
 pub fn handles() -> &'static Handles {
     HANDLES.get_or_init(|| Handles {
         bytes_from_client: counter!(BYTES, "direction" => "client_to_upstream"),

@@ -68,7 +68,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
     };
     let listener = bind(config.listen_addr).await?;
     let addr = listener.local_addr().expect("bound socket has an address");
-    let mut background = Vec::new();
+    let mut background = vec![tokio::spawn(metrics::upkeep(prometheus.clone()))];
     let metrics_addr = match config.metrics_addr {
         Some(maddr) => {
             let http_listener = bind(maddr).await?;

@@ -8,6 +8,7 @@ pub mod respond;
 pub mod session;
 pub mod statements;
 pub mod stream;
+pub mod trim;
 pub mod upstream;
 pub mod workers;
 
@@ -54,6 +55,8 @@ pub struct Shared {
     pub active: AtomicUsize,
     /// `listen.max_connections`, capped by the descriptor limit.
     pub sessions: descriptors::SessionLimit,
+    /// Connections that have ended, ever (when to give freed memory back: [`trim`]).
+    pub ended: AtomicU64,
     pub phase: watch::Receiver<Phase>,
 }
 
@@ -80,6 +83,7 @@ impl Shared {
             cancels: cancel::Registry::default(),
             active: AtomicUsize::new(0),
             sessions,
+            ended: AtomicU64::new(0),
             phase,
         })
     }
@@ -116,6 +120,7 @@ pub async fn serve(
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let shared = Arc::new(Shared::new(live, phase_rx, sessions)?);
     let mut spare = descriptors::spare();
+    let trimmer = tokio::spawn(trim::run(shared.clone()));
     let drain_timeout = shared.config.timeouts.drain;
     info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -198,6 +203,7 @@ pub async fn serve(
             let _ = alive_rx.recv().await;
         }
     }
+    trimmer.abort();
     info!("all sessions ended");
     Ok(())
 }

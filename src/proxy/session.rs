@@ -81,6 +81,7 @@ pub async fn run(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, arrived:
         Err(e) => info!(error = %e, "session ended"),
     }
     metrics::histogram!(SESSION_DURATION).record(started.elapsed().as_secs_f64());
+    shared.ended.fetch_add(1, Ordering::Relaxed);
 }
 
 /// The opening of a connection, once negotiation is over.

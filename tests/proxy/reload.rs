@@ -223,3 +223,62 @@ async fn sighup_reloads_the_running_binary() {
         .unwrap();
     assert!(exit.success());
 }
+
+/// Holds for `window`: asserting that something does not happen needs a window to watch it not happen.
+async fn stays(window: Duration, what: &str, holds: impl Fn() -> bool) {
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        assert!(holds(), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reading the config file (`cat`, a backup agent) and writing next to it (a log file) reload nothing; an edit
+/// reloads exactly once, and that reload's own read of the file does not start another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_edits_of_the_config_file_reload_it_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgshift.toml");
+    let base = format!(
+        "# only_edits_of_the_config_file_reload_it_once_each\n{}",
+        ProxyOptions::default().toml()
+    );
+    std::fs::write(&path, format!("{base}{}", migration_toml(""))).unwrap();
+    let running = start_from_file(&path).await;
+    let handle = running.config.clone();
+    let before = handle.generation();
+
+    let neighbour = dir.path().join("pgshift.log");
+    for i in 0..10 {
+        let _ = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&neighbour, format!("log line {i}\n")).unwrap();
+    }
+    stays(
+        Duration::from_millis(800),
+        "reading the file or writing a neighbour reloaded the config",
+        || handle.generation() == before,
+    )
+    .await;
+
+    write_atomically(
+        &path,
+        &format!(
+            "{base}{}",
+            migration_toml(r#"{ application_name = "batch_processor", new_percent = 0 }"#)
+        ),
+    );
+    crate::support::eventually(Duration::from_secs(10), "the edit is loaded", || async {
+        handle.generation() != before
+    })
+    .await;
+    stays(
+        Duration::from_millis(800),
+        "the edit was loaded more than once",
+        || handle.generation() == before + 1,
+    )
+    .await;
+    let report = handle.last_reload().unwrap();
+    assert_eq!((report.result, report.trigger), ("ok", pgshift::config::reload::Trigger::File));
+    running.close();
+    running.wait().await.unwrap();
+}
