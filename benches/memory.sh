@@ -68,6 +68,7 @@ print(f"idle connections: RSS {base} KiB with 1 closed, {idle} KiB with {n} idle
       f"{(idle - base) / n:.1f} KiB per idle connection")
 for c in conns:
     c.close()
+time.sleep(5)  # their memory goes back to the OS before the next measurement starts
 
 # A slow reader of a 1M-row result: the client reads nothing for 3 s, then 64 KiB every 2 ms.
 s = login()

@@ -166,8 +166,17 @@ fn deserialize_each(text: &str) -> (Option<RawConfig>, Vec<(usize, String)>) {
             return (None, problems);
         };
         let first = text[..span.start].matches('\n').count();
-        let last = first + text[span.start..span.end.max(span.start)].trim_end().matches('\n').count();
-        let line = text.lines().nth(first).unwrap_or_default().trim().to_owned();
+        let last = first
+            + text[span.start..span.end.max(span.start)]
+                .trim_end()
+                .matches('\n')
+                .count();
+        let line = text
+            .lines()
+            .nth(first)
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
         problems.push((first, format!("line {} ({line}): {message}", first + 1)));
         let removable = !line.starts_with('[') && !message.starts_with("missing field");
         if !removable || problems.len() > 100 {
@@ -429,9 +438,18 @@ mod tests {
             panic!("expected Invalid, got {err}")
         };
         assert_eq!(problems.len(), 4, "{problems:#?}");
-        assert!(problems[0].starts_with("line 4 (mode = \"preferr\"): unknown variant `preferr`"), "{problems:#?}");
-        assert!(problems[1].starts_with("line 11 (writes = \"dual\"): unknown variant `dual`"), "{problems:#?}");
-        assert!(problems[2].starts_with("line 12 (speed = 3): unknown field `speed`"), "{problems:#?}");
+        assert!(
+            problems[0].starts_with("line 4 (mode = \"preferr\"): unknown variant `preferr`"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[1].starts_with("line 11 (writes = \"dual\"): unknown variant `dual`"),
+            "{problems:#?}"
+        );
+        assert!(
+            problems[2].starts_with("line 12 (speed = 3): unknown field `speed`"),
+            "{problems:#?}"
+        );
         assert!(problems[3].contains("new_percent"), "{problems:#?}");
     }
 

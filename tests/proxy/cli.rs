@@ -164,6 +164,15 @@ async fn rewrite_shows_what_would_be_sent() {
         "{out}"
     );
     assert!(!out.contains("  "), "a double space in {out}");
+    for sql in [
+        "UPDATE users SET fullname = $1 WHERE id = $2",
+        "DELETE FROM users WHERE id = $1",
+        "INSERT INTO users (fullname) VALUES ('x') RETURNING id",
+    ] {
+        let (ok, out, err) = pgshift(&["rewrite", "--config", path, "--dsn", &dsn, sql]).await;
+        assert!(ok, "{err}");
+        assert!(!out.contains("  "), "a double space in {out}");
+    }
 
     // A statement sent as is says why.
     let (ok, out, _) = pgshift(&["rewrite", "--config", path, "--route", "old", "SELECT 1"]).await;

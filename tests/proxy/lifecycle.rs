@@ -254,12 +254,29 @@ async fn slow_reader_gets_backpressure_not_buffering() {
     let pid = child.id().unwrap();
     let mut raw = Raw::login(addr, &db).await;
     let before = rss_kib(pid);
-    // About 200 MB of rows; the client reads nothing for a while.
+    // About 200 MB of rows; the client reads nothing until the server is blocked writing to pgshift.
     raw.send(&query(
-        "SELECT g, repeat('x', 1000) FROM generate_series(1, 200000) g",
+        "SELECT g, repeat('x', 1000) FROM generate_series(1, 200000) g -- t_slow_reader",
     ))
     .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let direct = connect(&cluster().url(&db)).await;
+    crate::support::eventually(
+        Duration::from_secs(20),
+        "the server is blocked writing the result",
+        || async {
+            direct
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'ClientWrite' \
+                     AND query LIKE '%t_slow_reader%' AND pid <> pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 1
+        },
+    )
+    .await;
     let stalled = rss_kib(pid);
     assert!(
         stalled < before + 16 * 1024,

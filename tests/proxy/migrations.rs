@@ -677,10 +677,12 @@ async fn kill_switch_under_load() {
         .await
         .unwrap();
     let reloaded = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let client = connect(&proxy.url(&db)).await;
         let reloaded = reloaded.clone();
+        let reads = reads.clone();
         tasks.push(tokio::spawn(async move {
             // Reads issued after the reload: the first may already have been in flight, no later one may be new.
             let mut after = Vec::new();
@@ -688,6 +690,7 @@ async fn kill_switch_under_load() {
             while std::time::Instant::now() < deadline {
                 let seen_reload = reloaded.load(Ordering::SeqCst);
                 let new = reads_new(&client).await;
+                reads.fetch_add(1, Ordering::SeqCst);
                 if seen_reload {
                     after.push(new);
                     if after.len() == 20 {
@@ -699,7 +702,13 @@ async fn kill_switch_under_load() {
             after
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Under load: every session has been reading for a while.
+    crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "the sessions are reading",
+        || async { reads.load(Ordering::SeqCst) >= 40 },
+    )
+    .await;
     proxy.reload_migrations(&routing_reads(0.0));
     reloaded.store(true, Ordering::SeqCst);
     for task in tasks {

@@ -278,7 +278,10 @@ async fn only_edits_of_the_config_file_reload_it_once_each() {
     )
     .await;
     let report = handle.last_reload().unwrap();
-    assert_eq!((report.result, report.trigger), ("ok", pgshift::config::reload::Trigger::File));
+    assert_eq!(
+        (report.result, report.trigger),
+        ("ok", pgshift::config::reload::Trigger::File)
+    );
     running.close();
     running.wait().await.unwrap();
 }

@@ -329,12 +329,21 @@ async fn cancel_reaches_the_upstream_and_the_session_stays_usable() {
     let proxy = proxy().await;
     let client = connect(&proxy.url(&db)).await;
     let token = client.cancel_token();
+    let direct = connect(&crate::support::cluster().url(&db)).await;
     let canceller = tokio::spawn(async move {
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        crate::support::eventually(
+            std::time::Duration::from_secs(10),
+            "the statement runs",
+            || async { crate::support::running(&direct, "t_cancel_marker").await == 1 },
+        )
+        .await;
         token.cancel_query(tokio_postgres::NoTls).await.unwrap();
     });
     let started = std::time::Instant::now();
-    let err = client.query("SELECT pg_sleep(30)", &[]).await.unwrap_err();
+    let err = client
+        .query("SELECT pg_sleep(30) -- t_cancel_marker", &[])
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED));
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
     canceller.await.unwrap();
