@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod pgcluster;

@@ -3,7 +3,8 @@
 
 use crate::config::reload::{self, ConfigHandle};
 use crate::config::Config;
-use crate::metrics::{self, HttpState};
+use crate::http::{self, HttpState};
+use crate::metrics;
 use crate::protocol::tls::TlsSetupError;
 use crate::proxy::descriptors::{self, SessionLimit};
 use crate::proxy::{self, Phase};
@@ -80,7 +81,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
                 phase: control_rx.clone(),
                 config: handle.clone(),
             });
-            background.push(tokio::spawn(metrics::serve_http(http_listener, state)));
+            background.push(tokio::spawn(http::serve(http_listener, state)));
             Some(bound)
         }
         None => None,
