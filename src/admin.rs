@@ -4,6 +4,7 @@
 use crate::config::migration::{Migration, MigrationKind};
 use crate::config::Config;
 use crate::rewrite::prefilter::Prefilter;
+use crate::rewrite::ActionKind;
 use crate::rewrite::{self, catalog, read_route, Context, DependentKind, Plan, Schema, Target};
 use crate::routing::Route;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
@@ -90,7 +91,7 @@ pub fn why_unchanged(
         .iter()
         .filter(|m| lower.contains(&m.table.name.to_lowercase()))
         .collect();
-    if let Some(action) = actions.iter().find(|a| a.what == "read_old") {
+    if let Some(action) = actions.iter().find(|a| a.what == ActionKind::ReadOld) {
         return format!(
             "its reads stay on the old schema on this route (migration \"{}\")",
             action.migration

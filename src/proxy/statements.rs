@@ -11,6 +11,7 @@ use crate::metrics::{READS, STATEMENTS_REFUSED, STATEMENTS_REWRITTEN};
 use crate::protocol::frame::FrameError;
 use crate::protocol::messages::{self, encode};
 use crate::rewrite::prefilter::Prefilter;
+use crate::rewrite::ActionKind;
 use crate::rewrite::{self, cache, catalog, Context, Plan, Schema, Shape, Target};
 use crate::routing::{self, Route, SessionFacts};
 use aho_corasick::AhoCorasick;
@@ -67,10 +68,10 @@ impl Timing {
 fn label_of(plan: &Plan) -> Option<Label> {
     let action = plan.actions().first()?;
     let route = match action.what {
-        "read_new" => "new",
-        "dual_write" => "dual_write",
-        "new_primary" => "new_primary",
-        _ => "old",
+        ActionKind::ReadNew => "new",
+        ActionKind::DualWrite => "dual_write",
+        ActionKind::NewPrimary => "new_primary",
+        ActionKind::ReadOld | ActionKind::ReadUnrewritable => "old",
     };
     Some(Label {
         migration: action.migration.clone(),
@@ -346,7 +347,7 @@ impl Statements {
                 .filter_map(|i| self.active.get(i))
                 .map(|&i| rewrite::Action {
                     migration: self.config.migrations[i].name.as_str().into(),
-                    what: "read_old",
+                    what: ActionKind::ReadOld,
                 })
                 .collect();
             let plan = Plan::Forward { actions };
@@ -627,10 +628,12 @@ fn record(plan: &Plan) {
     }
     for action in plan.actions() {
         let (metric, label, value) = match action.what {
-            "read_new" => (READS, "route", "new"),
-            "read_old" => (READS, "route", "old"),
-            "read_unrewritable" => (READS, "route", "old_unrewritable"),
-            what => (STATEMENTS_REWRITTEN, "kind", what),
+            ActionKind::ReadNew => (READS, "route", "new"),
+            ActionKind::ReadOld => (READS, "route", "old"),
+            ActionKind::ReadUnrewritable => (READS, "route", "old_unrewritable"),
+            write @ (ActionKind::DualWrite | ActionKind::NewPrimary) => {
+                (STATEMENTS_REWRITTEN, "kind", write.label())
+            }
         };
         migration_counter(metric, &action.migration, label, value).increment(1);
     }

@@ -7,6 +7,7 @@
 
 use super::literals::{self, Template};
 use super::Plan;
+use crate::rewrite::ActionKind;
 use rustc_hash::{FxHashMap, FxHasher};
 use std::hash::Hasher;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -42,7 +43,9 @@ impl LiftedPlan {
         match plan {
             Plan::Refuse(_) => None,
             Plan::Forward { ref actions }
-                if actions.iter().any(|a| a.what == "read_unrewritable") =>
+                if actions
+                    .iter()
+                    .any(|a| a.what == ActionKind::ReadUnrewritable) =>
             {
                 None
             }

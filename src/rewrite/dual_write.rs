@@ -747,6 +747,7 @@ mod tests {
     use super::super::{Plan, Shape};
     use super::*;
     use crate::config::migration::WriteMode;
+    use crate::rewrite::ActionKind;
     use crate::routing::Route;
 
     fn users(sql: &str) -> (String, Vec<Shape>) {
@@ -1010,7 +1011,7 @@ mod tests {
         ] {
             let plan = plan_with(sql, &m, Route::Old);
             assert!(matches!(plan, Plan::Forward { .. }), "{sql}: {plan:?}");
-            assert_eq!(plan.actions()[0].what, "dual_write");
+            assert_eq!(plan.actions()[0].what, ActionKind::DualWrite);
         }
     }
 }

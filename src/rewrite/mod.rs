@@ -99,13 +99,40 @@ pub struct Context<'a> {
     pub prefilter: &'a prefilter::Prefilter,
 }
 
-/// Something the plan did, for metrics.
+/// Something the plan did to one migration's table, for metrics and latency labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {
     /// Shared, so handing it to metrics and latency labels per statement is a reference-count bump.
     pub migration: std::sync::Arc<str>,
-    /// `dual_write`, `new_primary` (a mirrored write, by phase), `read_new`, `read_old`, `read_unrewritable`.
-    pub what: &'static str,
+    pub what: ActionKind,
+}
+
+/// How a statement touched a migrated table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionKind {
+    /// A read served from the old table (its route is old).
+    ReadOld,
+    /// A read rewritten to the new schema.
+    ReadNew,
+    /// A read routed to new that could not be rewritten, so served from old.
+    ReadUnrewritable,
+    /// A write mirrored from old to new.
+    DualWrite,
+    /// A write translated to new and mirrored back to old.
+    NewPrimary,
+}
+
+impl ActionKind {
+    /// The metric label value; stable, whatever the variant is called.
+    pub fn label(self) -> &'static str {
+        match self {
+            ActionKind::ReadOld => "read_old",
+            ActionKind::ReadNew => "read_new",
+            ActionKind::ReadUnrewritable => "read_unrewritable",
+            ActionKind::DualWrite => "dual_write",
+            ActionKind::NewPrimary => "new_primary",
+        }
+    }
 }
 
 /// A statement pgshift will not run, and why. Nothing of the client's message is executed.
@@ -133,7 +160,7 @@ pub enum Plan {
 impl Action {
     /// A write mirrored to the other side.
     pub fn is_write(&self) -> bool {
-        matches!(self.what, "dual_write" | "new_primary")
+        matches!(self.what, ActionKind::DualWrite | ActionKind::NewPrimary)
     }
 }
 
@@ -375,12 +402,18 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
                             .expect("a write has a target");
                         return Plan::Refuse(refuse(t, MISREAD));
                     }
-                    actions.extend(mentioned.iter().map(|t| action(t, "read_unrewritable")));
+                    actions.extend(
+                        mentioned
+                            .iter()
+                            .map(|t| action(t, ActionKind::ReadUnrewritable)),
+                    );
                     shapes.push(Shape::Same);
                     continue;
                 }
                 // A routed read describes its fields as the old columns they stand for.
-                let routed = actions[before..].iter().any(|a| a.what == "read_new");
+                let routed = actions[before..]
+                    .iter()
+                    .any(|a| a.what == ActionKind::ReadNew);
                 let shape = if routed && shape == Shape::Same {
                     read_shape(&source, ctx)
                 } else {
@@ -425,10 +458,10 @@ fn plan_write_from_tree<'c, 'a>(
 }
 
 /// The action label of a mirrored write: the migration's phase.
-fn phase_of(target: &Target<'_>) -> &'static str {
+fn phase_of(target: &Target<'_>) -> ActionKind {
     match target.migration.writes {
-        WriteMode::NewPrimary => "new_primary",
-        _ => "dual_write",
+        WriteMode::NewPrimary => ActionKind::NewPrimary,
+        _ => ActionKind::DualWrite,
     }
 }
 
@@ -462,7 +495,7 @@ fn unreadable(source: &Source<'_>, ctx: &Context<'_>, why: &str) -> Result<Vec<A
             continue;
         };
         if pg::kind(source.node) == pg::Kind::Read || !writes_active(t) {
-            actions.push(action(t, "read_unrewritable"));
+            actions.push(action(t, ActionKind::ReadUnrewritable));
         } else {
             return Err(refuse(
                 t,
@@ -612,7 +645,7 @@ fn opaque_code(statements: &[pg::Statement], ctx: &Context<'_>) -> Option<Refusa
     None
 }
 
-fn action(target: &Target<'_>, what: &'static str) -> Action {
+fn action(target: &Target<'_>, what: ActionKind) -> Action {
     Action {
         migration: target.migration.name.as_str().into(),
         what,
@@ -708,7 +741,7 @@ fn plan_statement(
                 "statements with ONLY on a migrated table are not supported",
             ));
         }
-        actions.push(action(t, "read_unrewritable"));
+        actions.push(action(t, ActionKind::ReadUnrewritable));
         return Ok(Planned::Unchanged);
     }
     // Every DML anywhere in the statement (data-modifying CTEs included) that writes a migrated table.
@@ -977,7 +1010,7 @@ pub(crate) mod tests {
             let sql = format!("SELECT * FROM users WHERE id = 1 {locking}");
             let plan = plan_with(&sql, &m, Route::Old);
             assert!(matches!(plan, Plan::Forward { .. }), "{plan:?}");
-            assert_eq!(plan.actions()[0].what, "read_old");
+            assert_eq!(plan.actions()[0].what, ActionKind::ReadOld);
             let (routed, _) = rewritten(plan_with(&sql, &m, Route::New));
             assert!(
                 routed.ends_with(&format!("AS users WHERE id = 1 {locking}")),
@@ -993,7 +1026,11 @@ pub(crate) mod tests {
         ] {
             let plan = plan_with(sql, &m, Route::New);
             assert!(matches!(plan, Plan::Forward { .. }), "{sql}: {plan:?}");
-            assert_eq!(plan.actions()[0].what, "read_unrewritable", "{sql}");
+            assert_eq!(
+                plan.actions()[0].what,
+                ActionKind::ReadUnrewritable,
+                "{sql}"
+            );
         }
         let (sql, _) = rewritten(plan_with(
             "SELECT public.users.id FROM public.users -- c\n WHERE public.users.email = 'x'",

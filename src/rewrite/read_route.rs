@@ -7,6 +7,7 @@ use super::sqltext::fold;
 use super::sqltext::quote_ident;
 use super::{action, Action, Context, Planned, Refusal, Schema};
 use crate::config::migration::{Migration, MigrationKind};
+use crate::rewrite::ActionKind;
 use crate::routing::Route;
 use sqlparser::ast::{
     visit_expressions_mut, Expr, Query, Statement, TableAlias, TableFactor, VisitMut, VisitorMut,
@@ -177,7 +178,7 @@ impl VisitorMut for Router<'_, '_> {
             return ControlFlow::Continue(());
         };
         if target.route == Route::Old {
-            self.actions.push(action(target, "read_old"));
+            self.actions.push(action(target, ActionKind::ReadOld));
             return ControlFlow::Continue(());
         }
         let derived =
@@ -186,7 +187,8 @@ impl VisitorMut for Router<'_, '_> {
             Ok(q) => q,
             Err(e) => {
                 tracing::debug!(migration = %target.migration.name, error = %e, "read served from the old schema");
-                self.actions.push(action(target, "read_unrewritable"));
+                self.actions
+                    .push(action(target, ActionKind::ReadUnrewritable));
                 return ControlFlow::Continue(());
             }
         };
@@ -202,7 +204,7 @@ impl VisitorMut for Router<'_, '_> {
                 _ => None,
             })
         });
-        self.actions.push(action(target, "read_new"));
+        self.actions.push(action(target, ActionKind::ReadNew));
         if let Some(a) = &alias {
             self.routed.push(Routed {
                 alias: fold(&a.name),
@@ -254,8 +256,8 @@ pub(super) fn route(
     } = router;
     if changed && adapt_references(&mut statement, &routed).is_err() {
         // Served from the old table, as written.
-        for a in mine.iter_mut().filter(|a| a.what == "read_new") {
-            a.what = "read_unrewritable";
+        for a in mine.iter_mut().filter(|a| a.what == ActionKind::ReadNew) {
+            a.what = ActionKind::ReadUnrewritable;
         }
         actions.extend(mine);
         return Ok(Planned::Unchanged);
@@ -273,6 +275,7 @@ mod tests {
     use super::super::tests::{orders_migration, plan_with, rewritten, users_migration};
     use super::super::Plan;
     use crate::config::migration::WriteMode;
+    use crate::rewrite::ActionKind;
     use crate::routing::Route;
 
     fn users(sql: &str) -> String {
@@ -327,7 +330,7 @@ mod tests {
         let m = [users_migration(WriteMode::DualWrite)];
         let plan = plan_with("SELECT * FROM users", &m, Route::Old);
         assert!(matches!(plan, Plan::Forward { .. }));
-        assert_eq!(plan.actions()[0].what, "read_old");
+        assert_eq!(plan.actions()[0].what, ActionKind::ReadOld);
         assert_eq!(
             users("INSERT INTO audit (name) SELECT fullname FROM users WHERE id = 1"),
             format!(

@@ -6,6 +6,7 @@
 use super::read_route::derived_select;
 use super::sqltext::quote_ident;
 use super::{action, pg, Action, Context, Source, Target};
+use crate::rewrite::ActionKind;
 use crate::routing::Route;
 use pg_query::protobuf::Token;
 use std::ops::Range;
@@ -71,7 +72,7 @@ pub(super) fn plan(source: &Source<'_>, ctx: &Context<'_>) -> Option<Routed> {
             continue;
         };
         if target.route == Route::Old {
-            actions.push(action(target, "read_old"));
+            actions.push(action(target, ActionKind::ReadOld));
             continue;
         }
         if !r.inh || !r.catalog.is_empty() || sampled.contains(&r.location) {
@@ -92,14 +93,18 @@ pub(super) fn plan(source: &Source<'_>, ctx: &Context<'_>) -> Option<Routed> {
     };
     match result {
         Ok(text) => {
-            actions.extend(routed.iter().map(|(_, t)| action(t, "read_new")));
+            actions.extend(routed.iter().map(|(_, t)| action(t, ActionKind::ReadNew)));
             Some(Routed {
                 text: Some(text),
                 actions,
             })
         }
         Err(()) => {
-            actions.extend(routed.iter().map(|(_, t)| action(t, "read_unrewritable")));
+            actions.extend(
+                routed
+                    .iter()
+                    .map(|(_, t)| action(t, ActionKind::ReadUnrewritable)),
+            );
             Some(Routed {
                 text: None,
                 actions,
