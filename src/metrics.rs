@@ -24,6 +24,7 @@ pub const STATEMENTS_REWRITTEN: &str = "pgshift_statements_rewritten_total";
 pub const STATEMENTS_REFUSED: &str = "pgshift_statements_refused_total";
 pub const READS: &str = "pgshift_reads_total";
 pub const STATEMENT_DURATION: &str = "pgshift_statement_duration_seconds";
+pub const STATEMENT_ERRORS: &str = "pgshift_statement_errors_total";
 
 /// Client message kinds counted in [`MESSAGES`], by frontend tag.
 const MESSAGE_KINDS: [(u8, &str); 11] = [
@@ -135,6 +136,15 @@ fn describe() {
     describe_gauge!(
         CONFIG_INFO,
         "Always 1; the label `epoch` is the loaded config's content hash."
+    );
+    describe_histogram!(
+        STATEMENT_DURATION,
+        Unit::Seconds,
+        "Latency of statements on migrated tables, from the client's message to the end of its reply, by migration and route."
+    );
+    describe_counter!(
+        STATEMENT_ERRORS,
+        "Statements on migrated tables the server answered with an error, by migration, route and SQLSTATE class."
     );
 }
 

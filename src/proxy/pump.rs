@@ -458,9 +458,11 @@ impl<'s> UpstreamPump<'s> {
                                         Request::Execute => matches!(tag, b'C' | b'I' | b's' | b'E'),
                                         _ => false,
                                     };
+                                    if let Some(t) = timing.as_mut().filter(|_| tag == b'E') {
+                                        t.failed(frame);
+                                    }
                                     if let Some(t) = timing.take_if(|_| completes) {
-                                        metrics::statement_duration(&t.label.migration, t.label.route)
-                                            .record(t.started.elapsed().as_secs_f64());
+                                        t.finish();
                                     }
                                 }
                                 tag

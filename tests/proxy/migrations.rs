@@ -364,8 +364,26 @@ async fn refused_statements_fail_like_errors_and_write_nothing() {
             .get::<_, i32>(0),
         5
     );
+    // A write the server rejects (a unique violation) counts as an error of its migration and route.
+    let err = client
+        .execute(
+            "INSERT INTO users (id, fullname) VALUES ($1, $2)",
+            &[&5000i64, &"dup"],
+        )
+        .await
+        .and(
+            client
+                .execute(
+                    "INSERT INTO users (id, fullname) VALUES ($1, $2)",
+                    &[&5000i64, &"dup"],
+                )
+                .await,
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::UNIQUE_VIOLATION));
     let (_, metrics) = crate::support::http_get(proxy.metrics_addr, "/metrics").await;
     for want in [
+        "pgshift_statement_errors_total{migration=\"users_v2\",route=\"dual_write\",class=\"23\"}",
         "pgshift_statements_refused_total{migration=\"users_v2\",reason=\"key_update\"}",
         "pgshift_statements_refused_total{migration=\"users_v2\",reason=\"merge\"}",
         "pgshift_statements_rewritten_total{migration=\"users_v2\",kind=\"dual_write\"}",
