@@ -9,10 +9,24 @@ use crate::rewrite::{self, catalog, read_route, Context, DependentKind, Plan, Sc
 use crate::routing::Route;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
-pub async fn connect(dsn: &str) -> Result<Client, String> {
-    let (client, connection) = tokio_postgres::connect(dsn, NoTls)
-        .await
-        .map_err(|e| format!("cannot connect to {}: {}", redact(dsn), cause(&e)))?;
+/// Why an operator command could not talk to the database.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// `dsn` is already redacted.
+    #[error("cannot connect to {dsn}: {cause}")]
+    Connect { dsn: String, cause: String },
+    #[error("the catalog lookup failed: {0}")]
+    Lookup(String),
+}
+
+pub async fn connect(dsn: &str) -> Result<Client, AdminError> {
+    let (client, connection) =
+        tokio_postgres::connect(dsn, NoTls)
+            .await
+            .map_err(|e| AdminError::Connect {
+                dsn: redact(dsn),
+                cause: cause(&e),
+            })?;
     tokio::spawn(connection);
     Ok(client)
 }
@@ -119,14 +133,14 @@ pub fn why_unchanged(
 }
 
 /// The same catalog lookup a session does, over the admin connection.
-pub async fn schema(client: &Client, migrations: &[&Migration]) -> Result<Schema, String> {
+pub async fn schema(client: &Client, migrations: &[&Migration]) -> Result<Schema, AdminError> {
     let Some(sql) = catalog::query(migrations) else {
         return Ok(Schema::default());
     };
     let rows = client
         .simple_query(&sql)
         .await
-        .map_err(|e| format!("the catalog lookup failed: {}", cause(&e)))?;
+        .map_err(|e| AdminError::Lookup(cause(&e)))?;
     let rows: Vec<Vec<Option<String>>> = rows
         .into_iter()
         .filter_map(|m| match m {
@@ -139,11 +153,19 @@ pub async fn schema(client: &Client, migrations: &[&Migration]) -> Result<Schema
     Ok(catalog::parse(&rows))
 }
 
-/// Checks every migration against the live catalog; returns the problems found (empty: all good).
-pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, String> {
+/// What `check --dsn` found: problems fail the check; notes (objects that only read an old table) do not.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Checks every migration against the live catalog.
+pub async fn check(client: &Client, config: &Config) -> Result<Findings, AdminError> {
     let migrations: Vec<&Migration> = config.migrations.iter().collect();
     let schema = schema(client, &migrations).await?;
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     for m in &migrations {
         let mut mine: Vec<String> = Vec::new();
         let about = |p: String| format!("migration {:?}: {p}", m.name);
@@ -219,14 +241,14 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, Stri
         // What writes the old table out of pgshift's sight: those writes would reach one side only.
         for d in schema.dependents.iter().filter(|d| d.table == m.table) {
             match d.kind {
-                DependentKind::View => println!(
-                    "  migration {:?}: {} reads {}; writes through it are refused while writes are mirrored",
+                DependentKind::View => notes.push(format!(
+                    "migration {:?}: {} reads {}; writes through it are refused while writes are mirrored",
                     m.name, d.description, m.table
-                ),
-                DependentKind::Function { writes: false } => println!(
-                    "  migration {:?}: {} reads {} (by its code)",
+                )),
+                DependentKind::Function { writes: false } => notes.push(format!(
+                    "migration {:?}: {} reads {} (by its code)",
                     m.name, d.description, m.table
-                ),
+                )),
                 DependentKind::Function { writes: true } => mine.push(about(format!(
                     "{} writes {} (by its code): calls through pgshift are refused while writes are mirrored, \
                      and calls from elsewhere are not mirrored; change it to write both tables, or stop calling it \
@@ -242,7 +264,7 @@ pub async fn check(client: &Client, config: &Config) -> Result<Vec<String>, Stri
         }
         problems.append(&mut mine);
     }
-    Ok(problems)
+    Ok(Findings { problems, notes })
 }
 
 fn db_message(e: &tokio_postgres::Error) -> String {

@@ -3,6 +3,7 @@
 //! Data flows one way: client bytes → [`protocol::frame`] → (later: rewrite) → upstream, and back.
 
 pub mod admin;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -1,0 +1,135 @@
+//! The `pgshift` command line: one file per command. Each returns a typed [`CliError`]; `main` prints it.
+
+mod check;
+mod rewrite;
+mod serve;
+
+use crate::admin::AdminError;
+use crate::config::ConfigError;
+use crate::demo::DemoError;
+use crate::server::StartError;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "pgshift",
+    version,
+    about = "A transparent PostgreSQL proxy for zero-downtime schema migrations"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Run the proxy.
+    Serve {
+        /// Config file (see config/pgshift.example.toml). Optional when --upstream is given.
+        #[arg(short, long, env = "PGSHIFT_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+    /// Validate a config file and print what it sets; exits non-zero if it is invalid. With --dsn, also check
+    /// every migration against the live catalog (tables, columns, keys, that up/down expressions plan).
+    Check {
+        /// The config file to validate (see config/pgshift.example.toml).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// A connection string for checking the catalog, e.g. postgres://user@host/db
+        #[arg(long)]
+        dsn: Option<String>,
+    },
+    /// Show what pgshift would send upstream for a statement, on each read route, or why it refuses it.
+    Rewrite {
+        /// The config file whose migrations apply (see config/pgshift.example.toml).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this route (default: both).
+        #[arg(long, value_parser = ["old", "new"])]
+        route: Option<String>,
+        /// Read the tables' columns from this database (needed for most rewrites).
+        #[arg(long)]
+        dsn: Option<String>,
+        /// The SQL, as the application sends it.
+        sql: String,
+    },
+    /// Start a throwaway PostgreSQL cluster with pgshift in front of it, until Ctrl-C or SIGTERM.
+    Demo {
+        /// Address pgshift listens on.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+        /// Address of the /metrics endpoint.
+        #[arg(long, default_value = "127.0.0.1:9187")]
+        metrics: String,
+        /// Stop after this long (e.g. "30s") instead of waiting for Ctrl-C.
+        #[arg(long, value_parser = humantime::parse_duration, hide = true)]
+        run_for: Option<std::time::Duration>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct OverrideArgs {
+    /// Address to accept clients on, overriding listen.addr (e.g. 127.0.0.1:6432).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Upstream PostgreSQL, overriding upstream.addr: host:port or a unix socket path.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Address of the /metrics endpoint, overriding metrics.addr.
+    #[arg(long)]
+    metrics: Option<String>,
+}
+
+/// Why a command failed; printed as `pgshift: <message>` with exit status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("give --config FILE or --upstream HOST:PORT")]
+    NoConfig,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Tls(#[from] crate::protocol::tls::TlsSetupError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Demo(#[from] DemoError),
+    #[error("cannot install the signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("the live catalog does not match {migrations} migration(s):\n  - {}", problems.join("\n  - "))]
+    Catalog {
+        migrations: usize,
+        problems: Vec<String>,
+    },
+}
+
+/// Runs one command to its end.
+pub async fn run(command: Cmd) -> Result<(), CliError> {
+    match command {
+        Cmd::Serve { config, overrides } => serve::run(config, overrides).await,
+        Cmd::Check { config, dsn } => check::run(&config, dsn.as_deref()).await,
+        Cmd::Rewrite {
+            config,
+            route,
+            dsn,
+            sql,
+        } => rewrite::run(&config, route.as_deref(), dsn.as_deref(), &sql).await,
+        Cmd::Demo {
+            listen,
+            metrics,
+            run_for,
+        } => Ok(crate::demo::run(&listen, &metrics, run_for).await?),
+    }
+}
+
+/// How the config file spells a setting's value (`dual_write`, `verify-full`), not its Rust name.
+fn word<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}

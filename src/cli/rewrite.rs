@@ -1,0 +1,69 @@
+//! `pgshift rewrite`: what pgshift would send upstream for one statement, on each read route, or why it refuses
+//! it or sends it unchanged.
+
+use super::CliError;
+use crate::admin;
+use crate::config::{Config, Overrides};
+use crate::rewrite::{DmlTag, Plan, Shape};
+use crate::routing::Route;
+use std::path::Path;
+
+pub async fn run(
+    path: &Path,
+    route: Option<&str>,
+    dsn: Option<&str>,
+    sql: &str,
+) -> Result<(), CliError> {
+    let config = Config::load(path, &Overrides::default())?;
+    let schema = match dsn {
+        Some(dsn) => {
+            let client = admin::connect(dsn).await?;
+            let migrations: Vec<_> = config.migrations.iter().collect();
+            admin::schema(&client, &migrations).await?
+        }
+        None => Default::default(),
+    };
+    let routes = match route {
+        Some("new") => vec![Route::New],
+        Some(_) => vec![Route::Old],
+        None => vec![Route::Old, Route::New],
+    };
+    for route in routes {
+        println!(
+            "-- reads routed to {}:",
+            if route == Route::New { "new" } else { "old" }
+        );
+        match admin::rewrite(sql, &config, &schema, route) {
+            Plan::Forward { actions } => println!(
+                "{sql}\n-- sent unchanged: {}",
+                admin::why_unchanged(sql, &config, &actions, dsn.is_some())
+            ),
+            Plan::Rewrite { sql, shapes, .. } => {
+                println!("{sql}");
+                for (i, shape) in shapes.iter().enumerate() {
+                    if let Shape::Dml { tag, returning, .. } = shape {
+                        let rows = if *returning {
+                            "its RETURNING rows are the client's"
+                        } else {
+                            "its zero-column rows are dropped"
+                        };
+                        let tag = match tag {
+                            DmlTag::Insert => "INSERT 0 n",
+                            DmlTag::Update => "UPDATE n",
+                            DmlTag::Delete => "DELETE n",
+                        };
+                        println!(
+                            "-- statement {}: the client sees the command tag {tag}; {rows}",
+                            i + 1
+                        );
+                    }
+                }
+            }
+            Plan::Refuse(r) => println!(
+                "-- refused with SQLSTATE 0A000: pgshift cannot rewrite this statement for migration \"{}\": {}",
+                r.migration, r.reason
+            ),
+        }
+    }
+    Ok(())
+}
