@@ -6,11 +6,13 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use pgshift::config::migration::TableName;
 use pgshift::config::{Config, Overrides};
+use pgshift::rewrite::planner::Planner;
 use pgshift::rewrite::prefilter::Prefilter;
-use pgshift::rewrite::{cache, plan, Context, Schema, Target};
+use pgshift::rewrite::Schema;
 use pgshift::routing::Route;
 use std::hint::black_box;
 use std::path::Path;
+use std::sync::Arc;
 
 /// `pgbench_accounts` → `v2.pgbench_accounts` (abalance renamed), plus `n - 1` column migrations on other tables.
 fn setup(n: usize) -> (Config, Schema) {
@@ -113,36 +115,23 @@ fn benches(c: &mut Criterion) {
         group.finish();
 
         for (route, route_name) in [(Route::Old, "old"), (Route::New, "new")] {
-            let targets: Vec<Target<'_>> = config
-                .migrations
-                .iter()
-                .map(|m| Target {
-                    migration: m,
-                    route,
-                })
-                .collect();
-            let ctx = Context {
-                targets: &targets,
-                schema: &schema,
-                prefilter: &prefilter,
-            };
+            // The proxy's own entry point: prefilter, fast path, cache key and cache behind one call.
+            let planner =
+                Planner::for_every_migration(Arc::new(config.clone()), route, schema.clone());
             let mut cold =
                 c.benchmark_group(format!("cold_plan_{n}_migrations_reads_{route_name}"));
             for (name, sql) in STATEMENTS {
                 cold.bench_with_input(BenchmarkId::from_parameter(name), sql, |b, sql| {
-                    b.iter(|| plan(black_box(sql), &ctx))
+                    b.iter(|| planner.plan_uncached(black_box(sql)))
                 });
             }
             cold.finish();
             let mut cached =
                 c.benchmark_group(format!("cached_plan_{n}_migrations_reads_{route_name}"));
             for (name, sql) in STATEMENTS {
-                let key = 0xbe_0000 + n as u64 + if route == Route::New { 1000 } else { 0 };
-                cache::get_or_plan(key, sql, || plan(sql, &ctx));
+                planner.plan(sql);
                 cached.bench_with_input(BenchmarkId::from_parameter(name), sql, |b, sql| {
-                    b.iter(|| {
-                        cache::get_or_plan(key, black_box(sql), || unreachable!("warm cache"))
-                    })
+                    b.iter(|| planner.plan(black_box(sql)))
                 });
             }
             cached.finish();
@@ -151,10 +140,9 @@ fn benches(c: &mut Criterion) {
                 "inlined_constants_{n}_migrations_reads_{route_name}"
             ));
             for (name, sql) in INLINED {
-                let key = 0xbf_0000 + n as u64 + if route == Route::New { 1000 } else { 0 };
-                cache::plan(key, sql, |text| plan(text, &ctx));
+                planner.plan(sql);
                 inlined.bench_with_input(BenchmarkId::from_parameter(name), sql, |b, sql| {
-                    b.iter(|| cache::plan(key, black_box(sql), |_| unreachable!("warm cache")))
+                    b.iter(|| planner.plan(black_box(sql)))
                 });
             }
             inlined.finish();

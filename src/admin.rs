@@ -3,9 +3,9 @@
 
 use crate::config::migration::{Migration, MigrationKind};
 use crate::config::Config;
-use crate::rewrite::prefilter::Prefilter;
+use crate::rewrite::planner::Planner;
 use crate::rewrite::ActionKind;
-use crate::rewrite::{self, catalog, read_route, Context, DependentKind, Plan, Schema, Target};
+use crate::rewrite::{self, catalog, read_route, DependentKind, Plan, Schema};
 use crate::routing::Route;
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
@@ -275,26 +275,8 @@ fn db_message(e: &tokio_postgres::Error) -> String {
 
 /// What pgshift would send for `sql` when every migration routes reads to `route`.
 pub fn rewrite(sql: &str, config: &Config, schema: &Schema, route: Route) -> Plan {
-    let targets: Vec<Target<'_>> = config
-        .migrations
-        .iter()
-        .map(|m| Target {
-            migration: m,
-            route,
-        })
-        .collect();
-    let prefilter = Prefilter::for_targets(
-        config.migrations.iter().map(|m| m.table.name.as_str()),
-        schema,
-    );
-    rewrite::plan(
-        sql,
-        &Context {
-            targets: &targets,
-            schema,
-            prefilter: &prefilter,
-        },
-    )
+    Planner::for_every_migration(std::sync::Arc::new(config.clone()), route, schema.clone())
+        .plan_uncached(sql)
 }
 
 #[cfg(test)]

@@ -10,15 +10,13 @@ use crate::error::{ClientError, SqlState};
 use crate::metrics::{self, READS, STATEMENTS_REFUSED, STATEMENTS_REWRITTEN, STATEMENT_ERRORS};
 use crate::protocol::frame::FrameError;
 use crate::protocol::messages::{self, encode};
-use crate::rewrite::prefilter::Prefilter;
+use crate::rewrite::planner::{Planner, Touches};
 use crate::rewrite::ActionKind;
-use crate::rewrite::{self, cache, catalog, Context, Plan, Schema, Shape, Target};
-use crate::routing::{self, Route, SessionFacts};
-use aho_corasick::AhoCorasick;
+use crate::rewrite::{self, catalog, Plan, Schema, Shape};
+use crate::routing::{self, SessionFacts};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::LazyLock;
 
 /// Sent instead of a refused statement: it fails at parse time, so nothing runs and the server's transaction
 /// state is exactly that of a failed statement; pgshift replaces the syntax error with its own.
@@ -120,37 +118,6 @@ struct Prepared {
     touches: Touches,
 }
 
-/// What running a statement may change in the session besides data: the settings pgshift routes by, and the
-/// search_path that decides what unqualified names mean. Judged from its words, so it errs towards yes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Touches {
-    settings: bool,
-    search_path: bool,
-}
-
-impl Touches {
-    fn of(sql: &str) -> Touches {
-        static WORDS: LazyLock<AhoCorasick> = LazyLock::new(|| {
-            AhoCorasick::builder()
-                .ascii_case_insensitive(true)
-                .build(["pgshift.", "set_config", "reset", "discard", "search_path"])
-                .expect("fixed patterns")
-        });
-        let mut touches = Touches::default();
-        for m in WORDS.find_iter(sql) {
-            match m.pattern().as_usize() {
-                0 => touches.settings = true,
-                4 => touches.search_path = true,
-                _ => {
-                    touches.settings = true;
-                    touches.search_path = true;
-                }
-            }
-        }
-        touches
-    }
-}
-
 /// A query pgshift runs on the session's own connection at a transaction boundary, before the client's next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
@@ -164,21 +131,18 @@ pub enum Lookup {
 const SETTINGS_SQL: &str = "SELECT nullif(current_setting('pgshift.key', true), ''), \
                             nullif(current_setting('pgshift.context', true), '')";
 
+/// The session's migration state: its config snapshot, facts and routes (in its [`Planner`]), the catalog
+/// generation it has read, and the prepared statements and portals it created.
 pub struct Statements {
     live: Arc<ConfigHandle>,
-    config: Arc<Config>,
     generation: u64,
     pub facts: SessionFacts,
-    /// Indices into `config.migrations` of those that apply to this session's database.
+    /// Indices into the config's migrations of those that apply to this session's database.
     active: Vec<usize>,
-    routes: Vec<Route>,
-    schema: Schema,
+    /// Whether routes were decided since the active set last changed.
+    routed: bool,
+    planner: Planner,
     schema_generation: Option<u64>,
-    /// Hash of everything a plan depends on besides the SQL: config content, routes, catalog.
-    plan_key: u64,
-    /// Finds the active migrations' table names in SQL text (the fast path).
-    prefilter: Prefilter,
-    schema_hash: u64,
     /// The routing settings changed since routes were last decided.
     facts_changed: bool,
     /// A statement that may have changed the routing settings ran: read them again at the next boundary.
@@ -193,44 +157,35 @@ impl Statements {
         let generation = live.generation();
         let mut s = Statements {
             live,
-            config,
             generation,
             facts,
             active: Vec::new(),
-            routes: Vec::new(),
-            schema: Schema::default(),
+            routed: false,
+            planner: Planner::new(config),
             schema_generation: None,
-            plan_key: 0,
-            prefilter: Prefilter::new([]),
-            schema_hash: 0,
             facts_changed: false,
             settings_unknown: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
         };
-        s.select_active();
+        s.select_active(None);
         s
     }
 
-    fn select_active(&mut self) {
-        self.active = (0..self.config.migrations.len())
+    /// The migrations that apply to this session's database, under `config` (or the current one).
+    fn select_active(&mut self, config: Option<Arc<Config>>) {
+        let config = config.unwrap_or_else(|| self.planner.config().clone());
+        self.active = (0..config.migrations.len())
             .filter(|&i| {
-                self.config.migrations[i]
+                config.migrations[i]
                     .database
                     .as_deref()
                     .is_none_or(|db| db == self.facts.database)
             })
             .collect();
-        self.rebuild_prefilter();
-    }
-
-    /// The migrated tables' names, then (once the catalog is known) the objects that write them out of sight.
-    fn rebuild_prefilter(&mut self) {
-        let names = self
-            .active
-            .iter()
-            .map(|&i| self.config.migrations[i].table.name.as_str());
-        self.prefilter = Prefilter::for_targets(names, &self.schema);
+        self.routed = false;
+        self.planner
+            .update(Some(config), self.active.clone(), Vec::new());
     }
 
     /// Whether this session has anything to rewrite (or a reload it has not looked at yet).
@@ -247,11 +202,10 @@ impl Statements {
             return Some((Lookup::Settings, SETTINGS_SQL.to_owned()));
         }
         let generation = self.live.generation();
-        let mut changed = self.routes.len() != self.active.len() || self.facts_changed;
+        let mut changed = !self.routed || self.facts_changed;
         if generation != self.generation {
-            self.config = self.live.current();
             self.generation = generation;
-            self.select_active();
+            self.select_active(Some(self.live.current()));
             changed = true;
         }
         if let Some(app) = application_name.filter(|app| *app != self.facts.application_name) {
@@ -261,21 +215,20 @@ impl Statements {
         // Routes depend only on the config and the session's facts: most transactions change neither.
         if changed {
             self.facts_changed = false;
-            self.routes = self
+            self.routed = true;
+            let config = self.planner.config().clone();
+            let routes = self
                 .active
                 .iter()
-                .map(|&i| routing::decide(&self.config.migrations[i], &self.facts).route)
+                .map(|&i| routing::decide(&config.migrations[i], &self.facts).route)
                 .collect();
-            self.update_plan_key();
+            self.planner.update(None, self.active.clone(), routes);
         }
         if self.active.is_empty() || self.schema_generation == Some(self.generation) {
             return None;
         }
-        let migrations: Vec<_> = self
-            .active
-            .iter()
-            .map(|&i| &self.config.migrations[i])
-            .collect();
+        let config = self.planner.config();
+        let migrations: Vec<_> = self.active.iter().map(|&i| &config.migrations[i]).collect();
         catalog::query(&migrations).map(|sql| (Lookup::Catalog, sql))
     }
 
@@ -307,101 +260,20 @@ impl Statements {
     }
 
     fn set_schema(&mut self, rows: CatalogRows) {
-        match rows {
-            Ok(rows) => self.schema = catalog::parse(&rows),
+        let schema = match rows {
+            Ok(rows) => catalog::parse(&rows),
             Err(e) => {
                 tracing::warn!(error = %e, "catalog lookup failed; statements on migrated tables will be refused");
-                self.schema = Schema::default();
+                Schema::default()
             }
-        }
+        };
         self.schema_generation = Some(self.generation);
-        self.schema_hash = Self::hash_schema(&self.schema);
-        self.rebuild_prefilter();
-        self.update_plan_key();
+        self.planner.set_schema(schema);
     }
 
-    /// Everything a plan depends on besides the SQL. Also how prepared statements know they are stale: a plan
-    /// made under another key may differ from the one the current config, routes and catalog give.
-    fn update_plan_key(&mut self) {
-        use std::hash::{Hash, Hasher};
-        let mut key = rustc_hash::FxHasher::default();
-        self.config.epoch.hash(&mut key);
-        self.active.hash(&mut key);
-        for r in &self.routes {
-            (*r == Route::New).hash(&mut key);
-        }
-        self.schema_hash.hash(&mut key);
-        self.plan_key = key.finish();
-    }
-
-    /// A content hash of the catalog, computed once per lookup (plans are shared between sessions whose
-    /// catalogs agree).
-    fn hash_schema(schema: &Schema) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut key = rustc_hash::FxHasher::default();
-        let mut tables: Vec<_> = schema.columns.iter().collect();
-        tables.sort_by_key(|(name, _)| name.to_string());
-        tables.hash(&mut key);
-        let mut types: Vec<_> = schema.types.iter().collect();
-        types.sort_by_key(|(name, _)| name.to_string());
-        types.hash(&mut key);
-        let mut defaults: Vec<_> = schema.defaults.iter().collect();
-        defaults.sort_by_key(|(name, _)| name.to_string());
-        defaults.hash(&mut key);
-        schema.dependents.hash(&mut key);
-        let mut origins: Vec<_> = schema.origins.iter().collect();
-        origins.sort_by_key(|(name, _)| name.to_string());
-        origins.hash(&mut key);
-        let mut names: Vec<_> = schema.unqualified.iter().collect();
-        names.sort_by(|a, b| a.0.cmp(b.0));
-        names.hash(&mut key);
-        key.finish()
-    }
-
+    /// The plan for `sql`, counted in the metrics.
     fn plan(&self, sql: &str) -> Arc<Plan> {
-        static FORWARD: LazyLock<Arc<Plan>> =
-            LazyLock::new(|| Arc::new(Plan::Forward { actions: vec![] }));
-        if !self.prefilter.matches(sql) {
-            return FORWARD.clone();
-        }
-        // Before any read is shifted, a statement that can only read is forwarded as is: no parse needed
-        // (unless it names something that writes a migrated table out of sight, e.g. `SELECT f(47)`).
-        let mentioned = self.prefilter.mentioned(sql);
-        if self.routes.iter().all(|r| *r == Route::Old)
-            && mentioned.iter().all(|&i| i < self.active.len())
-            && read_only_select(sql)
-        {
-            let actions = mentioned
-                .into_iter()
-                .filter_map(|i| self.active.get(i))
-                .map(|&i| rewrite::Action {
-                    migration: self.config.migrations[i].name.as_str().into(),
-                    what: ActionKind::ReadOld,
-                })
-                .collect();
-            let plan = Plan::Forward { actions };
-            record(&plan);
-            return Arc::new(plan);
-        }
-        let targets: Vec<Target<'_>> = self
-            .active
-            .iter()
-            .zip(&self.routes)
-            .map(|(&i, &route)| Target {
-                migration: &self.config.migrations[i],
-                route,
-            })
-            .collect();
-        let plan = cache::plan(self.plan_key, sql, |text| {
-            rewrite::plan(
-                text,
-                &Context {
-                    targets: &targets,
-                    schema: &self.schema,
-                    prefilter: &self.prefilter,
-                },
-            )
-        });
+        let plan = self.planner.plan(sql);
         record(&plan);
         plan
     }
@@ -461,7 +333,7 @@ impl Statements {
                 types: Bytes::copy_from_slice(types),
                 shape,
                 label,
-                plan_key: self.plan_key,
+                plan_key: self.planner.key(),
                 touches,
             },
         );
@@ -512,7 +384,7 @@ impl Statements {
         entries: &mut Vec<Entry>,
     ) -> Result<(), FrameError> {
         let (portal, statement) = messages::bind_names(frame)?;
-        let plan_key = self.plan_key;
+        let plan_key = self.planner.key();
         let stale = self
             .statements
             .get(statement)
@@ -596,24 +468,6 @@ impl Statements {
     }
 }
 
-/// A single SELECT with nothing in it that could write: no `;`, no data-modifying or locking keyword.
-/// Conservative: a column named `updated_at` just means the statement takes the parser's path.
-fn read_only_select(sql: &str) -> bool {
-    static WRITES: LazyLock<AhoCorasick> = LazyLock::new(|| {
-        AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .build([
-                "insert", "update", "delete", "merge", "copy", "truncate", "into", "call", ";",
-                "do", "lock",
-            ])
-            .expect("fixed patterns")
-    });
-    let trimmed = sql.trim_start();
-    trimmed.len() > 6
-        && trimmed[..6].eq_ignore_ascii_case("select")
-        && !WRITES.is_match(sql.trim_end().trim_end_matches(';'))
-}
-
 fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry {
     let respond = match shape {
         Some(shape @ (Shape::Dml { .. } | Shape::Read { .. })) => Respond::Single(shape),
@@ -687,43 +541,6 @@ pub fn settings_from_options(options: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn read_only_selects() {
-        assert!(read_only_select(
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 42;"
-        ));
-        assert!(read_only_select("  select * from users"));
-        for sql in [
-            "SELECT 1; UPDATE users SET x = 1",
-            "SELECT * INTO copy FROM users",
-            "SELECT * FROM users FOR UPDATE",
-            "WITH d AS (DELETE FROM users RETURNING *) SELECT * FROM d",
-            "UPDATE users SET x = 1",
-            "SELECT updated_at FROM users",
-        ] {
-            assert!(!read_only_select(sql), "{sql}");
-        }
-    }
-
-    #[test]
-    fn statements_that_may_change_settings_or_the_search_path() {
-        let t = |settings, search_path| Touches {
-            settings,
-            search_path,
-        };
-        for (sql, want) in [
-            ("SET pgshift.key = 'tenant-7'", t(true, false)),
-            ("set local PGSHIFT.context to internal", t(true, false)),
-            ("SELECT set_config($1, $2, false)", t(true, true)),
-            ("RESET ALL", t(true, true)),
-            ("DISCARD ALL", t(true, true)),
-            ("SET search_path = app, public", t(false, true)),
-            ("SELECT * FROM users WHERE id = $1", t(false, false)),
-        ] {
-            assert_eq!(Touches::of(sql), want, "{sql}");
-        }
-    }
 
     #[test]
     fn settings_are_read_from_options() {

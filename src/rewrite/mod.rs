@@ -11,6 +11,7 @@ pub mod mirror;
 pub mod new_primary;
 pub mod origins;
 pub mod pg;
+pub mod planner;
 pub mod prefilter;
 pub mod primary;
 pub mod read_route;

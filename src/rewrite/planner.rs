@@ -1,0 +1,266 @@
+//! The planning facade: what the proxy, the CLI, the bench and the tests ask to plan a SQL text.
+//!
+//! Built from a config snapshot, the migrations that apply, their read routes and the catalog as the session
+//! sees it; behind it are the prefilter (most statements name no migrated table and cost one scan), the
+//! read-only fast path, the plan-cache key and the cache. Callers never assemble a [`Context`] themselves.
+
+use super::prefilter::Prefilter;
+use super::{cache, ActionKind, Context, Plan, Schema, Target};
+use crate::config::Config;
+use crate::routing::Route;
+use aho_corasick::AhoCorasick;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock};
+
+pub struct Planner {
+    config: Arc<Config>,
+    /// Indices into `config.migrations` of those that apply.
+    active: Vec<usize>,
+    /// The read route of each active migration, in the same order.
+    routes: Vec<Route>,
+    schema: Schema,
+    schema_hash: u64,
+    prefilter: Prefilter,
+    key: u64,
+}
+
+impl Planner {
+    /// No migration applies until [`Planner::update`] says which do.
+    pub fn new(config: Arc<Config>) -> Planner {
+        let mut planner = Planner {
+            config,
+            active: Vec::new(),
+            routes: Vec::new(),
+            schema: Schema::default(),
+            schema_hash: 0,
+            prefilter: Prefilter::new([]),
+            key: 0,
+        };
+        planner.rebuild();
+        planner
+    }
+
+    /// Every migration of `config`, all read on `route`: what `pgshift rewrite` shows.
+    pub fn for_every_migration(config: Arc<Config>, route: Route, schema: Schema) -> Planner {
+        let active: Vec<usize> = (0..config.migrations.len()).collect();
+        let routes = vec![route; active.len()];
+        let mut planner = Planner::new(config);
+        planner.schema_hash = hash_schema(&schema);
+        planner.schema = schema;
+        planner.update(None, active, routes);
+        planner
+    }
+
+    /// A new config snapshot (if any), the migrations that apply and their routes.
+    pub fn update(&mut self, config: Option<Arc<Config>>, active: Vec<usize>, routes: Vec<Route>) {
+        if let Some(config) = config {
+            self.config = config;
+        }
+        self.active = active;
+        self.routes = routes;
+        self.rebuild();
+    }
+
+    /// The catalog as the session sees it (columns, types, defaults, dependents).
+    pub fn set_schema(&mut self, schema: Schema) {
+        self.schema_hash = hash_schema(&schema);
+        self.schema = schema;
+        self.rebuild();
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn active(&self) -> &[usize] {
+        &self.active
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// Everything a plan depends on besides the SQL. Also how prepared statements know they are stale: a plan
+    /// made under another key may differ from the one the current config, routes and catalog give.
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    fn rebuild(&mut self) {
+        let names = self
+            .active
+            .iter()
+            .map(|&i| self.config.migrations[i].table.name.as_str());
+        self.prefilter = Prefilter::for_targets(names, &self.schema);
+        let mut key = rustc_hash::FxHasher::default();
+        self.config.epoch.hash(&mut key);
+        self.active.hash(&mut key);
+        for r in &self.routes {
+            (*r == Route::New).hash(&mut key);
+        }
+        self.schema_hash.hash(&mut key);
+        self.key = key.finish();
+    }
+
+    /// The plan for `sql`: shared between sessions whose config, routes and catalog agree.
+    pub fn plan(&self, sql: &str) -> Arc<Plan> {
+        static FORWARD: LazyLock<Arc<Plan>> =
+            LazyLock::new(|| Arc::new(Plan::Forward { actions: vec![] }));
+        if !self.prefilter.matches(sql) {
+            return FORWARD.clone();
+        }
+        // Before any read is shifted, a statement that can only read is forwarded as is: no parse needed
+        // (unless it names something that writes a migrated table out of sight, e.g. `SELECT f(47)`).
+        let mentioned = self.prefilter.mentioned(sql);
+        if self.routes.iter().all(|r| *r == Route::Old)
+            && mentioned.iter().all(|&i| i < self.active.len())
+            && read_only_select(sql)
+        {
+            let actions = mentioned
+                .into_iter()
+                .filter_map(|i| self.active.get(i))
+                .map(|&i| super::Action {
+                    migration: self.config.migrations[i].name.as_str().into(),
+                    what: ActionKind::ReadOld,
+                })
+                .collect();
+            return Arc::new(Plan::Forward { actions });
+        }
+        cache::plan(self.key, sql, |text| self.plan_uncached(text))
+    }
+
+    /// Plans `sql` without the prefilter's shortcuts or the cache.
+    pub fn plan_uncached(&self, sql: &str) -> Plan {
+        let targets: Vec<Target<'_>> = self
+            .active
+            .iter()
+            .zip(&self.routes)
+            .map(|(&i, &route)| Target {
+                migration: &self.config.migrations[i],
+                route,
+            })
+            .collect();
+        super::plan(
+            sql,
+            &Context {
+                targets: &targets,
+                schema: &self.schema,
+                prefilter: &self.prefilter,
+            },
+        )
+    }
+}
+
+/// A content hash of the catalog, computed once per lookup (plans are shared between sessions whose catalogs
+/// agree).
+fn hash_schema(schema: &Schema) -> u64 {
+    let mut key = rustc_hash::FxHasher::default();
+    let mut tables: Vec<_> = schema.columns.iter().collect();
+    tables.sort_by_key(|(name, _)| name.to_string());
+    tables.hash(&mut key);
+    let mut types: Vec<_> = schema.types.iter().collect();
+    types.sort_by_key(|(name, _)| name.to_string());
+    types.hash(&mut key);
+    let mut defaults: Vec<_> = schema.defaults.iter().collect();
+    defaults.sort_by_key(|(name, _)| name.to_string());
+    defaults.hash(&mut key);
+    schema.dependents.hash(&mut key);
+    let mut origins: Vec<_> = schema.origins.iter().collect();
+    origins.sort_by_key(|(name, _)| name.to_string());
+    origins.hash(&mut key);
+    let mut names: Vec<_> = schema.unqualified.iter().collect();
+    names.sort_by(|a, b| a.0.cmp(b.0));
+    names.hash(&mut key);
+    key.finish()
+}
+
+/// A single SELECT with nothing in it that could write: no `;`, no data-modifying or locking keyword.
+/// Conservative: a column named `updated_at` just means the statement takes the parser's path.
+fn read_only_select(sql: &str) -> bool {
+    static WRITES: LazyLock<AhoCorasick> = LazyLock::new(|| {
+        AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build([
+                "insert", "update", "delete", "merge", "copy", "truncate", "into", "call", ";",
+                "do", "lock",
+            ])
+            .expect("fixed patterns")
+    });
+    let trimmed = sql.trim_start();
+    trimmed.len() > 6
+        && trimmed[..6].eq_ignore_ascii_case("select")
+        && !WRITES.is_match(sql.trim_end().trim_end_matches(';'))
+}
+
+/// What running a statement may change in the session besides data: the settings pgshift routes by, and the
+/// search_path that decides what unqualified names mean. Judged from its words, so it errs towards yes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Touches {
+    pub settings: bool,
+    pub search_path: bool,
+}
+
+impl Touches {
+    pub fn of(sql: &str) -> Touches {
+        static WORDS: LazyLock<AhoCorasick> = LazyLock::new(|| {
+            AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(["pgshift.", "set_config", "reset", "discard", "search_path"])
+                .expect("fixed patterns")
+        });
+        let mut touches = Touches::default();
+        for m in WORDS.find_iter(sql) {
+            match m.pattern().as_usize() {
+                0 => touches.settings = true,
+                4 => touches.search_path = true,
+                _ => {
+                    touches.settings = true;
+                    touches.search_path = true;
+                }
+            }
+        }
+        touches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_selects() {
+        assert!(read_only_select(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42;"
+        ));
+        assert!(read_only_select("  select * from users"));
+        for sql in [
+            "SELECT 1; UPDATE users SET x = 1",
+            "SELECT * INTO copy FROM users",
+            "SELECT * FROM users FOR UPDATE",
+            "WITH d AS (DELETE FROM users RETURNING *) SELECT * FROM d",
+            "UPDATE users SET x = 1",
+            "SELECT updated_at FROM users",
+        ] {
+            assert!(!read_only_select(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn statements_that_may_change_settings_or_the_search_path() {
+        let t = |settings, search_path| Touches {
+            settings,
+            search_path,
+        };
+        for (sql, want) in [
+            ("SET pgshift.key = 'tenant-7'", t(true, false)),
+            ("set local PGSHIFT.context to internal", t(true, false)),
+            ("SELECT set_config($1, $2, false)", t(true, true)),
+            ("RESET ALL", t(true, true)),
+            ("DISCARD ALL", t(true, true)),
+            ("SET search_path = app, public", t(false, true)),
+            ("SELECT * FROM users WHERE id = $1", t(false, false)),
+        ] {
+            assert_eq!(Touches::of(sql), want, "{sql}");
+        }
+    }
+}
