@@ -2,6 +2,7 @@
 
 pub mod cancel;
 pub mod descriptors;
+pub mod fault;
 pub mod pending;
 pub mod pump;
 pub mod respond;

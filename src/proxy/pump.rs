@@ -6,7 +6,7 @@
 use super::cancel::Gate;
 use super::pending::{Matched, Pending, Request};
 use super::respond::{self, Output, Respond};
-use super::session::SessionError;
+use super::fault::SessionError;
 use super::statements::{Entry, Statements, Timing};
 use super::Phase;
 use crate::metrics;

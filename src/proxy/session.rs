@@ -2,6 +2,7 @@
 //! authentication exchange, then run the two pumps until either side ends.
 
 use super::cancel::{Gate, Owner};
+pub use super::fault::SessionError;
 use super::pump::{self, ClientExit, ClientPump, SessionState, UpstreamExit, UpstreamPump};
 use super::statements::{settings_from_options, Statements};
 use super::stream::Stream;
@@ -30,28 +31,6 @@ use tracing::{debug, info, warn};
 
 /// How long pgshift spends on goodbyes (a last error to the client, Terminate to the upstream).
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a session ended abnormally. Each variant names the side at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("client I/O: {0}")]
-    ClientIo(std::io::Error),
-    #[error("upstream I/O: {0}")]
-    UpstreamIo(std::io::Error),
-    #[error("client broke the protocol: {0}")]
-    ClientProtocol(String),
-    #[error("client sent a bad startup packet: {0}")]
-    Startup(StartupError),
-    #[error("upstream broke the protocol: {0}")]
-    UpstreamProtocol(FrameError),
-    #[error("client TLS handshake failed: {0}")]
-    ClientTls(std::io::Error),
-    #[error("client did not complete startup within {0:?}")]
-    StartupTimeout(Duration),
-    /// pgshift refused the session and has told the client why.
-    #[error("refused: {0}")]
-    Refused(ClientError),
-}
 
 /// How a session that ran normally ended.
 #[derive(Debug)]
