@@ -4,9 +4,9 @@
 //! on one side throttles the other instead of growing pgshift's buffers.
 
 use super::cancel::Gate;
+use super::fault::SessionError;
 use super::pending::{Matched, Pending, Request};
 use super::respond::{self, Output, Respond};
-use super::fault::SessionError;
 use super::statements::{Entry, Statements, Timing};
 use super::Phase;
 use crate::metrics;

@@ -7,7 +7,7 @@
 //! or subscripted assignment of a mapped column) return `None`, and the older sqlparser-driven transform takes
 //! them.
 
-use super::dual_write::REPEATABLE_FUNCTIONS;
+use super::ast::REPEATABLE_FUNCTIONS;
 use super::mirror::{self, Planned};
 use super::primary::substitute;
 use super::shape::{DmlTag, Shape};

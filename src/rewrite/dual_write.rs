@@ -5,35 +5,32 @@
 //! post-image, with generated ids, defaults and `now()` as stored) to a mirror upsert or delete on the new table.
 //! Column kind: the statement gains `new = up(…)` next to every write of `old`.
 
-use super::shape::{DmlTag, Shape};
+use super::ast::{assignment_columns, ident, last_part, parse_expr, repeatable, substitute};
+use super::builders::columns_of;
+use super::shape::Shape;
 use super::sqltext::{fold, quote_ident};
-use super::{refuse, Refusal, Schema, Source, Target};
+use super::{refuse, Refusal, Schema, Target};
 use crate::config::migration::{Migration, MigrationKind, TableName};
 use sqlparser::ast::{
-    visit_expressions, visit_expressions_mut, Assignment, AssignmentTarget, ConflictTarget, Expr,
-    FromTable, Ident, ObjectName, OnConflictAction, OnInsert, SelectItem, SetExpr, Statement,
-    TableFactor, With,
+    visit_expressions, Assignment, AssignmentTarget, ConflictTarget, Expr, Ident, ObjectName,
+    OnConflictAction, OnInsert, SelectItem, SetExpr, Statement, With,
 };
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
+/// The sqlparser fallback for writes in the `dual_write` phase (and column-kind writes in `new_primary`); the
+/// planner sends table-kind `new_primary` writes to [`super::new_primary`].
 pub fn rewrite(
     statement: Statement,
     with: Option<With>,
-    tag: DmlTag,
     target: &Target<'_>,
     schema: &Schema,
-    source: &Source<'_>,
 ) -> Result<(String, Shape), Refusal> {
     let m = target.migration;
-    check_key_not_updated(&statement, m).map_err(|r| refuse(target, r))?;
     let new_primary = m.writes == crate::config::migration::WriteMode::NewPrimary;
     match m.kind {
-        MigrationKind::Table if new_primary => {
-            super::new_primary::rewrite(statement, with, tag, target, schema, source)
-        }
         // Planned from Postgres's parse tree before sqlparser's reading is consulted ([`super::mirror`]).
         MigrationKind::Table => Err(refuse(
             target,
@@ -51,38 +48,8 @@ pub fn rewrite(
     }
 }
 
-pub(super) fn table_text(t: &TableName) -> String {
-    format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
-}
-
-pub(super) fn ident(name: &str) -> Ident {
-    if quote_ident(name).starts_with('"') {
-        Ident::with_quote('"', name)
-    } else {
-        Ident::new(name)
-    }
-}
-
-pub(super) fn last_part(name: &ObjectName) -> Option<Ident> {
-    match name.0.last()? {
-        sqlparser::ast::ObjectNamePart::Identifier(i) => Some(i.clone()),
-        _ => None,
-    }
-}
-
-pub(super) fn assignment_columns(assignments: &[Assignment]) -> Vec<String> {
-    assignments
-        .iter()
-        .flat_map(|a| match &a.target {
-            AssignmentTarget::ColumnName(n) => vec![n.clone()],
-            AssignmentTarget::Tuple(names) => names.clone(),
-        })
-        .filter_map(|n| last_part(&n).map(|i| fold(&i)))
-        .collect()
-}
-
 /// Mirroring is keyed on the key columns: changing them would orphan the mirrored row.
-fn check_key_not_updated(statement: &Statement, m: &Migration) -> Result<(), String> {
+pub(super) fn check_key_not_updated(statement: &Statement, m: &Migration) -> Result<(), String> {
     let mut assigned = Vec::new();
     match statement {
         Statement::Update(u) => assigned.extend(assignment_columns(&u.assignments)),
@@ -120,252 +87,6 @@ fn check_key_not_updated(statement: &Statement, m: &Migration) -> Result<(), Str
         )),
         None => Ok(()),
     }
-}
-
-pub(super) fn columns_of<'s>(
-    schema: &'s Schema,
-    table: &TableName,
-) -> Result<&'s Vec<String>, String> {
-    schema.columns.get(table).ok_or_else(|| {
-        format!("the columns of {table} are not known in this session (does the table exist?)")
-    })
-}
-
-/// The old table's columns, each with the new column it is written to and the expression (over old columns)
-/// that computes it. Old columns that the new table does not have are left out.
-pub(super) fn mirror_columns(
-    m: &Migration,
-    schema: &Schema,
-) -> Result<Vec<(String, String)>, String> {
-    let new_table = m.new_table.as_ref().expect("table kind has new_table");
-    let old_cols = columns_of(schema, &m.table)?;
-    let new_cols = columns_of(schema, new_table)?;
-    let mut out = Vec::new();
-    for col in old_cols {
-        let mapped = m.columns.iter().find(|c| c.old.eq_ignore_ascii_case(col));
-        let (new_name, expr) = match mapped {
-            Some(c) => (
-                c.new.to_lowercase(),
-                c.up.clone().unwrap_or_else(|| quote_ident(col)),
-            ),
-            None => (col.clone(), quote_ident(col)),
-        };
-        if new_cols.contains(&new_name) {
-            out.push((new_name, expr));
-        } else if mapped.is_some() {
-            return Err(format!(
-                "column {new_name} of the column map does not exist in {new_table}"
-            ));
-        }
-    }
-    Ok(out)
-}
-
-pub(super) fn new_key(m: &Migration) -> Vec<String> {
-    m.key
-        .iter()
-        .map(|k| {
-            m.columns
-                .iter()
-                .find(|c| c.old.eq_ignore_ascii_case(k))
-                .map(|c| c.new.to_lowercase())
-                .unwrap_or_else(|| k.clone())
-        })
-        .collect()
-}
-
-/// The alias the statement gives the target table, or its bare name.
-pub(super) fn target_alias(statement: &Statement) -> Option<Ident> {
-    match statement {
-        Statement::Insert(i) => match (&i.table_alias, &i.table) {
-            (Some(a), _) => Some(a.alias.clone()),
-            (None, sqlparser::ast::TableObject::TableName(n)) => last_part(n),
-            _ => None,
-        },
-        Statement::Update(u) => match &u.table.relation {
-            TableFactor::Table { alias: Some(a), .. } => Some(a.name.clone()),
-            TableFactor::Table { name, .. } => last_part(name),
-            _ => None,
-        },
-        Statement::Delete(d) => {
-            let tables = match &d.from {
-                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-            };
-            match tables.first().map(|t| &t.relation) {
-                Some(TableFactor::Table { alias: Some(a), .. }) => Some(a.name.clone()),
-                Some(TableFactor::Table { name, .. }) => last_part(name),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
-
-pub(super) fn take_returning(statement: &mut Statement) -> Option<Vec<SelectItem>> {
-    match statement {
-        Statement::Insert(i) => i.returning.take(),
-        Statement::Update(u) => u.returning.take(),
-        Statement::Delete(d) => d.returning.take(),
-        _ => None,
-    }
-}
-
-/// `INSERT INTO table (cols) SELECT exprs FROM source ON CONFLICT (key) DO UPDATE SET c = EXCLUDED.c, …`:
-/// the mirror that makes the other side hold exactly the rows in `source`.
-pub(super) fn upsert_from(
-    table: &str,
-    cols: &[(String, String)],
-    source: &str,
-    key: &[String],
-) -> String {
-    let names: Vec<String> = cols.iter().map(|(n, _)| quote_ident(n)).collect();
-    let exprs: Vec<&str> = cols.iter().map(|(_, e)| e.as_str()).collect();
-    let updates: Vec<String> = cols
-        .iter()
-        .filter(|(n, _)| !key.contains(n))
-        .map(|(n, _)| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
-        .collect();
-    let conflict = if updates.is_empty() {
-        "DO NOTHING".to_owned()
-    } else {
-        format!("DO UPDATE SET {}", updates.join(", "))
-    };
-    let key_list: Vec<String> = key.iter().map(|k| quote_ident(k)).collect();
-    format!(
-        "INSERT INTO {table} ({}) SELECT {} FROM {source} ON CONFLICT ({}) {conflict}",
-        names.join(", "),
-        exprs.join(", "),
-        key_list.join(", ")
-    )
-}
-
-/// `DELETE FROM table AS __pgshift_t USING source WHERE __pgshift_t.k = source.k …`, over (table key, source key).
-pub(super) fn delete_matching(table: &str, source: &str, key_pairs: &[(String, String)]) -> String {
-    let matches: Vec<String> = key_pairs
-        .iter()
-        .map(|(t, s)| {
-            format!(
-                "__pgshift_t.{} = {source}.{}",
-                quote_ident(t),
-                quote_ident(s)
-            )
-        })
-        .collect();
-    format!(
-        "DELETE FROM {table} AS __pgshift_t USING {source} WHERE {}",
-        matches.join(" AND ")
-    )
-}
-
-/// `WITH [client CTEs,] <primary>, <mirror> SELECT <client RETURNING list> FROM <from>`, and its reply shape.
-/// `returning` is the client's list as the outer SELECT reads it ([`splice::outer_returning`]).
-pub(super) fn assemble(
-    client_ctes: Option<(bool, Vec<String>)>,
-    ours: [String; 2],
-    returning: Option<String>,
-    from: &str,
-    tag: DmlTag,
-) -> (String, Shape) {
-    let mut ctes = Vec::new();
-    let mut recursive = false;
-    if let Some((r, client)) = client_ctes {
-        recursive = r;
-        ctes.extend(client);
-    }
-    ctes.extend(ours);
-    let list = returning.as_deref().unwrap_or_default();
-    let text = format!(
-        "WITH {}{} SELECT {list}{}FROM {from}",
-        if recursive { "RECURSIVE " } else { "" },
-        ctes.join(", "),
-        if list.is_empty() { "" } else { " " },
-    );
-    let shape = Shape::Dml {
-        tag,
-        returning: returning.is_some(),
-        origins: None,
-    };
-    (text, shape)
-}
-
-pub(super) fn parse_expr(sql: &str) -> Result<Expr, String> {
-    Parser::new(&PostgreSqlDialect {})
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_expr())
-        .map_err(|e| format!("expression {sql:?} does not parse: {e}"))
-}
-
-/// Functions that give the same result when evaluated twice in one statement.
-pub(super) const REPEATABLE_FUNCTIONS: &[&str] = &[
-    "lower",
-    "upper",
-    "trim",
-    "btrim",
-    "ltrim",
-    "rtrim",
-    "coalesce",
-    "nullif",
-    "concat",
-    "concat_ws",
-    "length",
-    "substr",
-    "substring",
-    "replace",
-    "abs",
-    "round",
-    "greatest",
-    "least",
-    "now",
-    "current_timestamp",
-    "localtimestamp",
-    "current_date",
-    "initcap",
-    "left",
-    "right",
-    "lpad",
-    "rpad",
-    "to_char",
-    "to_number",
-    "to_date",
-    "to_timestamp",
-];
-
-/// Whether an expression may be written twice (once for old, once inside `up` for new) and still give the
-/// same value: literals, parameters, column references, casts and operators over those, and a few pure
-/// functions. `random()` or `nextval()` would give the two columns different values.
-pub(super) fn repeatable(expr: &Expr) -> bool {
-    let mut ok = true;
-    let _ = visit_expressions(expr, |e| {
-        match e {
-            Expr::Function(f) => {
-                let name = f.name.to_string().to_lowercase();
-                if !REPEATABLE_FUNCTIONS.contains(&name.as_str()) {
-                    ok = false;
-                }
-            }
-            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => ok = false,
-            _ => {}
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    ok
-}
-
-/// `up` with every column it names replaced by the value this statement writes to that column.
-pub(super) fn substitute(up: &Expr, values: &HashMap<String, Expr>) -> Expr {
-    let mut out = up.clone();
-    let _ = visit_expressions_mut(&mut out, |e| {
-        let name = match e {
-            Expr::Identifier(i) => Some(fold(i)),
-            Expr::CompoundIdentifier(parts) => parts.last().map(fold),
-            _ => None,
-        };
-        if let Some(value) = name.and_then(|n| values.get(&n)) {
-            *e = Expr::Nested(Box::new(value.clone()));
-        }
-        ControlFlow::<()>::Continue(())
-    });
-    out
 }
 
 /// The `up` expression of each mapping, parsed (identity when absent).
@@ -745,9 +466,9 @@ fn is_default(value: &Expr) -> bool {
 mod tests {
     use super::super::tests::{orders_migration, plan_with, rewritten, users_migration};
     use super::super::{Plan, Shape};
-    use super::*;
     use crate::config::migration::WriteMode;
     use crate::rewrite::ActionKind;
+    use crate::rewrite::DmlTag;
     use crate::routing::Route;
 
     fn users(sql: &str) -> (String, Vec<Shape>) {

@@ -5,7 +5,9 @@
 //! (which table, which alias, whether keys change, what RETURNING reads) is taken on Postgres's reading, and
 //! the client's bytes are kept, so no expression of the client's is ever re-printed or misread.
 
-use super::dual_write::{columns_of, delete_matching, mirror_columns, new_key, table_text};
+use super::builders::{
+    columns_of, delete_matching, mirror_columns, new_key, table_text, upsert_from,
+};
 use super::shape::{DmlTag, Shape};
 use super::sqltext::quote_ident;
 use super::{pg, refuse, splice, Context, Refusal, Schema, Source, Target};
@@ -277,7 +279,7 @@ fn build(
     let mirror = match d.tag {
         DmlTag::Insert | DmlTag::Update => {
             let cols = mirror_columns(m, schema)?;
-            super::dual_write::upsert_from(&new_table, &cols, OLD_CTE, &key)
+            upsert_from(&new_table, &cols, OLD_CTE, &key)
         }
         DmlTag::Delete => {
             let pairs: Vec<(String, String)> =

@@ -2,6 +2,8 @@
 //! (dual write, routed read), or is refused. Pure functions: SQL text, migrations with this session's routes, and
 //! the session's view of the catalog in; a [`Plan`] out.
 
+pub mod ast;
+pub mod builders;
 pub mod cache;
 pub mod catalog;
 pub mod column;
@@ -815,7 +817,15 @@ fn plan_statement(
             return Ok(Planned::Unchanged);
         }
         actions.push(action(target, phase_of(target)));
-        let (text, shape) = dual_write::rewrite(stmt, with, tag, target, ctx.schema, source)?;
+        dual_write::check_key_not_updated(&stmt, target.migration)
+            .map_err(|r| refuse(target, r))?;
+        // The phase decides the transform.
+        let (text, shape) = match (target.migration.kind, phase_of(target)) {
+            (crate::config::migration::MigrationKind::Table, ActionKind::NewPrimary) => {
+                new_primary::rewrite(stmt, with, tag, target, ctx.schema, source)?
+            }
+            _ => dual_write::rewrite(stmt, with, target, ctx.schema)?,
+        };
         return Ok(Planned::Changed(text, shape));
     }
 

@@ -3,10 +3,11 @@
 //! new columns, written values go through `up`), and the rows it touched are mirrored back to the old table in
 //! the same statement. Conservative on purpose: forms whose translation could change their meaning are refused.
 
-use super::dual_write::{
-    assemble, assignment_columns, columns_of, delete_matching, ident, last_part, new_key,
-    parse_expr, repeatable, substitute, table_text, take_returning, target_alias, upsert_from,
+use super::ast::{
+    assignment_columns, ident, last_part, parse_expr, repeatable, substitute, take_returning,
+    target_alias,
 };
+use super::builders::{assemble, columns_of, delete_matching, new_key, table_text, upsert_from};
 use super::read_route::old_shape_select;
 use super::shape::{DmlTag, Shape};
 use super::sqltext::{fold, quote_ident};

@@ -6,7 +6,7 @@
 //! Forms this does not cover return `None`, and the older sqlparser-driven translation (which refuses what it
 //! cannot translate) takes them.
 
-use super::dual_write::{columns_of, table_text};
+use super::builders::{columns_of, table_text};
 use super::mirror::{self, Dml, Planned};
 use super::new_primary::finish;
 use super::shape::DmlTag;
