@@ -3,6 +3,7 @@
 pub mod cancel;
 pub mod descriptors;
 pub mod fault;
+pub mod inflight;
 pub mod pending;
 pub mod pump;
 pub mod respond;

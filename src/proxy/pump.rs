@@ -5,9 +5,10 @@
 
 use super::cancel::Gate;
 use super::fault::SessionError;
+use super::inflight::InFlight;
 use super::pending::{Matched, Pending, Request};
-use super::respond::{self, Output, Respond};
-use super::statements::{Entry, Statements, Timing};
+use super::respond::{Output, Respond};
+use super::statements::{Entry, Statements};
 use super::Phase;
 use crate::metrics;
 use crate::protocol::frame::{Flow, FrameError, Scanner, Seen};
@@ -336,7 +337,7 @@ pub struct UpstreamPump<'s> {
     buf: BytesMut,
     scanner: Scanner,
     expected: mpsc::UnboundedReceiver<Entry>,
-    pending: Pending<(Respond, Option<Timing>)>,
+    pending: Pending<InFlight>,
     state: &'s SessionState,
     out: BytesMut,
     writing: bool,
@@ -381,8 +382,13 @@ impl<'s> UpstreamPump<'s> {
     fn take_expected(&mut self) {
         while let Ok(entry) = self.expected.try_recv() {
             self.state.in_channel.fetch_sub(1, Ordering::AcqRel);
-            self.pending
-                .push(entry.request, (entry.respond, entry.timing));
+            self.pending.push(
+                entry.request,
+                InFlight {
+                    respond: entry.respond,
+                    timing: entry.timing,
+                },
+            );
         }
         self.state
             .queue_idle
@@ -425,7 +431,7 @@ impl<'s> UpstreamPump<'s> {
             }
             handles.bytes_from_upstream.increment(n as u64);
             self.take_expected();
-            let shaping = self.pending.any(|(respond, _)| respond.is_special());
+            let shaping = self.pending.any(|flight| flight.respond.is_special());
             let (pending, state) = (&mut self.pending, self.state);
             let mut edits: Vec<(usize, usize, Option<Bytes>)> = Vec::new();
             let (len, _) = self
@@ -447,22 +453,11 @@ impl<'s> UpstreamPump<'s> {
                                     }
                                     _ => {}
                                 }
-                                if let Some((request, (respond, timing))) = pending.front_mut() {
-                                    match respond::shape(respond, request, tag, frame) {
+                                if let Some((request, flight)) = pending.front_mut() {
+                                    match flight.on_reply(request, tag, frame) {
                                         Output::Forward => {}
                                         Output::Drop => edits.push((at, frame.len(), None)),
                                         Output::Replace(bytes) => edits.push((at, frame.len(), Some(bytes))),
-                                    }
-                                    let completes = match request {
-                                        Request::Query => tag == b'Z',
-                                        Request::Execute => matches!(tag, b'C' | b'I' | b's' | b'E'),
-                                        _ => false,
-                                    };
-                                    if let Some(t) = timing.as_mut().filter(|_| tag == b'E') {
-                                        t.failed(frame);
-                                    }
-                                    if let Some(t) = timing.take_if(|_| completes) {
-                                        t.finish();
                                     }
                                 }
                                 tag

@@ -2,12 +2,13 @@
 //! decided for it, the catalog, and the prepared statements and portals it has created. Turns each client
 //! message that carries SQL into the bytes to send upstream and the FIFO entries that shape the replies.
 
+use super::inflight::{Label, Timing};
 use super::pending::Request;
 use super::respond::{CatalogRows, Respond};
 use crate::config::reload::ConfigHandle;
 use crate::config::Config;
 use crate::error::{ClientError, SqlState};
-use crate::metrics::{self, READS, STATEMENTS_REFUSED, STATEMENTS_REWRITTEN, STATEMENT_ERRORS};
+use crate::metrics::{READS, STATEMENTS_REFUSED, STATEMENTS_REWRITTEN};
 use crate::protocol::frame::FrameError;
 use crate::protocol::messages::{self, encode};
 use crate::rewrite::planner::{Planner, Touches};
@@ -35,58 +36,6 @@ impl Entry {
             request,
             respond: Respond::Forward,
             timing: None,
-        }
-    }
-}
-
-/// Which migration and route a statement's latency is recorded under.
-#[derive(Debug, Clone)]
-pub struct Label {
-    pub migration: Arc<str>,
-    /// `new`, `old` (reads), `dual_write` or `new_primary` (writes, by phase).
-    pub route: &'static str,
-}
-
-/// A statement on a migrated table, from when it is planned until its reply completes.
-#[derive(Debug)]
-pub struct Timing {
-    pub label: Label,
-    pub started: std::time::Instant,
-    /// The SQLSTATE class of the server's error, if it failed.
-    failed: Option<[u8; 2]>,
-}
-
-impl Timing {
-    fn start(label: Option<Label>) -> Option<Timing> {
-        label.map(|label| Timing {
-            label,
-            started: std::time::Instant::now(),
-            failed: None,
-        })
-    }
-
-    /// The server answered with this ErrorResponse.
-    pub fn failed(&mut self, error: &[u8]) {
-        if let Ok((code, _)) = messages::error_fields(error) {
-            if let [a, b, ..] = code.as_bytes() {
-                self.failed = Some([*a, *b]);
-            }
-        }
-    }
-
-    /// The reply is complete: its latency, and whether it failed (by SQLSTATE class), per migration and route —
-    /// the numbers a rollout's guards compare between routes.
-    pub fn finish(self) {
-        metrics::statement_duration(&self.label.migration, self.label.route)
-            .record(self.started.elapsed().as_secs_f64());
-        if let Some(class) = self.failed {
-            ::metrics::counter!(
-                STATEMENT_ERRORS,
-                "migration" => self.label.migration.to_string(),
-                "route" => self.label.route,
-                "class" => String::from_utf8_lossy(&class).into_owned()
-            )
-            .increment(1);
         }
     }
 }

@@ -1,0 +1,89 @@
+//! One request in flight, from when the client's message is planned until its reply completes: how its reply
+//! is shaped, and for a statement on a migrated table, its migration and route, its latency and its outcome.
+//! Its [`InFlight::on_reply`] sees every reply message; its [`Timing::finish`] records once per statement —
+//! the seam where shadow comparisons and rollout guards take their numbers.
+
+use super::pending::Request;
+use super::respond::{self, Output, Respond};
+use crate::metrics::{self, STATEMENT_ERRORS};
+use crate::protocol::messages;
+use std::sync::Arc;
+
+/// What the upstream pump keeps for each request it is owed a reply to.
+#[derive(Debug)]
+pub struct InFlight {
+    pub respond: Respond,
+    pub timing: Option<Timing>,
+}
+
+impl InFlight {
+    /// Shapes one reply message for the client; when it completes the request, records the statement's
+    /// latency and outcome.
+    pub fn on_reply(&mut self, request: Request, tag: u8, frame: &[u8]) -> Output {
+        let output = respond::shape(&mut self.respond, request, tag, frame);
+        if let Some(timing) = self.timing.as_mut().filter(|_| tag == b'E') {
+            timing.failed(frame);
+        }
+        let completes = match request {
+            Request::Query => tag == b'Z',
+            Request::Execute => matches!(tag, b'C' | b'I' | b's' | b'E'),
+            _ => false,
+        };
+        if let Some(timing) = self.timing.take_if(|_| completes) {
+            timing.finish();
+        }
+        output
+    }
+}
+
+/// Which migration and route a statement's latency is recorded under.
+#[derive(Debug, Clone)]
+pub struct Label {
+    pub migration: Arc<str>,
+    /// `new`, `old` (reads), `dual_write` or `new_primary` (writes, by phase).
+    pub route: &'static str,
+}
+
+/// A statement on a migrated table, from when it is planned until its reply completes.
+#[derive(Debug)]
+pub struct Timing {
+    pub label: Label,
+    pub started: std::time::Instant,
+    /// The SQLSTATE class of the server's error, if it failed.
+    failed: Option<[u8; 2]>,
+}
+
+impl Timing {
+    pub fn start(label: Option<Label>) -> Option<Timing> {
+        label.map(|label| Timing {
+            label,
+            started: std::time::Instant::now(),
+            failed: None,
+        })
+    }
+
+    /// The server answered with this ErrorResponse.
+    pub fn failed(&mut self, error: &[u8]) {
+        if let Ok((code, _)) = messages::error_fields(error) {
+            if let [a, b, ..] = code.as_bytes() {
+                self.failed = Some([*a, *b]);
+            }
+        }
+    }
+
+    /// The reply is complete: its latency, and whether it failed (by SQLSTATE class), per migration and route —
+    /// the numbers a rollout's guards compare between routes.
+    pub fn finish(self) {
+        metrics::statement_duration(&self.label.migration, self.label.route)
+            .record(self.started.elapsed().as_secs_f64());
+        if let Some(class) = self.failed {
+            ::metrics::counter!(
+                STATEMENT_ERRORS,
+                "migration" => self.label.migration.to_string(),
+                "route" => self.label.route,
+                "class" => String::from_utf8_lossy(&class).into_owned()
+            )
+            .increment(1);
+        }
+    }
+}
