@@ -56,6 +56,20 @@ impl ClientError {
         }
     }
 
+    /// A statement pgshift will not run (0A000): the client's transaction fails exactly as for a statement the
+    /// server rejects at parse time, and nothing was executed.
+    pub fn refused(refusal: &crate::rewrite::Refusal) -> Self {
+        ClientError {
+            severity: Severity::Error,
+            code: SqlState::FEATURE_NOT_SUPPORTED,
+            message: refusal.message(),
+            hint: Some(format!(
+                "Nothing was executed. Change the statement, or set writes = \"off\" for migration \"{}\".",
+                refusal.migration
+            )),
+        }
+    }
+
     pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self

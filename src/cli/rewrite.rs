@@ -59,10 +59,7 @@ pub async fn run(
                     }
                 }
             }
-            Plan::Refuse(r) => println!(
-                "-- refused with SQLSTATE 0A000: pgshift cannot rewrite this statement for migration \"{}\": {}",
-                r.migration, r.reason
-            ),
+            Plan::Refuse(r) => println!("-- refused with SQLSTATE 0A000: {}", r.message()),
         }
     }
     Ok(())

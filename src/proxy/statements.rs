@@ -7,7 +7,7 @@ use super::pending::Request;
 use super::respond::{CatalogRows, Respond};
 use crate::config::reload::ConfigHandle;
 use crate::config::Config;
-use crate::error::{ClientError, SqlState};
+use crate::error::ClientError;
 use crate::metrics::{READS, STATEMENTS_REFUSED, STATEMENTS_REWRITTEN};
 use crate::protocol::frame::FrameError;
 use crate::protocol::messages::{self, encode};
@@ -431,31 +431,13 @@ fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry
 
 /// The ErrorResponse a client gets for a refused statement.
 fn refused(refusal: &rewrite::Refusal) -> Bytes {
-    ClientError {
-        severity: crate::error::Severity::Error,
-        code: SqlState::FEATURE_NOT_SUPPORTED,
-        message: format!(
-            "pgshift cannot rewrite this statement for migration \"{}\": {}",
-            refusal.migration, refusal.reason
-        ),
-        hint: Some(format!(
-            "Nothing was executed. Change the statement, or set writes = \"off\" for migration \"{}\".",
-            refusal.migration
-        )),
-    }
-    .to_bytes()
+    ClientError::refused(refusal).to_bytes()
 }
 
 fn record(plan: &Plan) {
     use crate::metrics::migration_counter;
     if let Plan::Refuse(r) = plan {
-        migration_counter(
-            STATEMENTS_REFUSED,
-            &r.migration,
-            "reason",
-            rewrite::reason_code(&r.reason),
-        )
-        .increment(1);
+        migration_counter(STATEMENTS_REFUSED, &r.migration, "reason", r.code()).increment(1);
         tracing::info!(migration = %r.migration, reason = %r.reason, "statement refused");
     }
     for action in plan.actions() {

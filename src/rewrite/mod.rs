@@ -160,6 +160,21 @@ pub enum Plan {
     Refuse(Refusal),
 }
 
+impl Refusal {
+    /// The sentence a client (and `pgshift rewrite`) sees; [`crate::error::ClientError::refused`] sends it.
+    pub fn message(&self) -> String {
+        format!(
+            "pgshift cannot rewrite this statement for migration \"{}\": {}",
+            self.migration, self.reason
+        )
+    }
+
+    /// The stable label of `pgshift_statements_refused_total{reason}` and of the README's refusal table.
+    pub fn code(&self) -> &'static str {
+        reason_code(&self.reason)
+    }
+}
+
 impl Action {
     /// A write mirrored to the other side.
     pub fn is_write(&self) -> bool {
