@@ -2,7 +2,7 @@
 //! authentication exchange, then run the two pumps until either side ends.
 
 use super::cancel::{Gate, Owner};
-pub use super::fault::SessionError;
+use super::fault::SessionError;
 use super::pump::{self, ClientExit, ClientPump, SessionState, UpstreamExit, UpstreamPump};
 use super::statements::{settings_from_options, Statements};
 use super::stream::Stream;
