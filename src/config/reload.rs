@@ -18,11 +18,33 @@ pub enum Trigger {
     File,
 }
 
+/// What a reload attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReloadResult {
+    /// The new config was swapped in.
+    Ok,
+    /// Same content (or no file to reload from).
+    Unchanged,
+    /// Refused; the running config stays.
+    Invalid,
+}
+
+impl ReloadResult {
+    /// The `result` label of `pgshift_config_reloads_total`, as `/status` spells it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Ok => "ok",
+            ReloadResult::Unchanged => "unchanged",
+            ReloadResult::Invalid => "invalid",
+        }
+    }
+}
+
 /// The outcome of the last reload attempt, shown in `/status`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReloadReport {
-    /// `ok` (swapped), `unchanged` (same content), `invalid` (refused, old config kept).
-    pub result: &'static str,
+    pub result: ReloadResult,
     pub trigger: Trigger,
     pub at_unix: u64,
     pub epoch: String,
@@ -86,7 +108,7 @@ impl ConfigHandle {
     pub fn reload(&self, trigger: Trigger) -> ReloadReport {
         let Some((path, overrides)) = &self.source else {
             return self.record(ReloadReport {
-                result: "unchanged",
+                result: ReloadResult::Unchanged,
                 trigger,
                 at_unix: now_unix(),
                 epoch: self.current().epoch.clone(),
@@ -101,7 +123,7 @@ impl ConfigHandle {
             Err(e) => {
                 warn!(trigger = ?trigger, error = %e, epoch = %old.epoch, "config reload refused; keeping the last good config");
                 ReloadReport {
-                    result: "invalid",
+                    result: ReloadResult::Invalid,
                     trigger,
                     at_unix: now_unix(),
                     epoch: old.epoch.clone(),
@@ -110,7 +132,7 @@ impl ConfigHandle {
                 }
             }
             Ok(new) if new.epoch == old.epoch => ReloadReport {
-                result: "unchanged",
+                result: ReloadResult::Unchanged,
                 trigger,
                 at_unix: now_unix(),
                 epoch: old.epoch.clone(),
@@ -130,7 +152,7 @@ impl ConfigHandle {
                 self.loaded_at_unix
                     .store(now_unix(), std::sync::atomic::Ordering::Relaxed);
                 ReloadReport {
-                    result: "ok",
+                    result: ReloadResult::Ok,
                     trigger,
                     at_unix: now_unix(),
                     epoch,
@@ -145,7 +167,7 @@ impl ConfigHandle {
     fn record(&self, report: ReloadReport) -> ReloadReport {
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        metrics::counter!(CONFIG_RELOADS, "result" => report.result).increment(1);
+        metrics::counter!(CONFIG_RELOADS, "result" => report.result.label()).increment(1);
         *self.last.lock().expect("reload report lock") = Some(report.clone());
         report
     }

@@ -280,7 +280,10 @@ async fn only_edits_of_the_config_file_reload_it_once_each() {
     let report = handle.last_reload().unwrap();
     assert_eq!(
         (report.result, report.trigger),
-        ("ok", pgshift::config::reload::Trigger::File)
+        (
+            pgshift::config::reload::ReloadResult::Ok,
+            pgshift::config::reload::Trigger::File
+        )
     );
     running.close();
     running.wait().await.unwrap();

@@ -90,7 +90,7 @@ impl Proxy {
         std::fs::write(self.dir.path().join("pgshift.toml"), options.toml()).unwrap();
         let report = self.config.reload(pgshift::config::reload::Trigger::Sighup);
         assert!(
-            report.result != "invalid",
+            report.result != pgshift::config::reload::ReloadResult::Invalid,
             "reload refused: {:?}",
             report.error
         );
