@@ -14,5 +14,6 @@ mod migrations;
 mod orms;
 mod raw;
 mod reload;
+mod routing;
 mod tls;
 mod tokio_pg;
