@@ -375,3 +375,36 @@ async fn sessions_past_the_descriptor_limit_get_53300_within_a_second() {
     .await;
     child.kill().await.unwrap();
 }
+
+/// Connections that hold a descriptor without becoming sessions (clients stuck before their startup packet)
+/// can still exhaust the process: then `accept()` fails with EMFILE, and the clients waiting behind them must
+/// hear 53300 at once rather than wait in the kernel's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_waiting_when_accept_runs_out_of_descriptors_get_53300() {
+    let db = fresh_db("t_fd_emfile").await;
+    let (mut child, addr, _dir) = spawn_pgshift("[timeouts]\nstartup = \"30s\"\n", Some(64)).await;
+    let mut silent = Vec::new();
+    for _ in 0..80 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{db}?sslmode=disable",
+        addr.port()
+    );
+    let err = tokio::time::timeout(Duration::from_secs(1), tokio_postgres::connect(&url, NoTls))
+        .await
+        .expect("refused within a second, not left waiting")
+        .err()
+        .expect("no descriptor left for this client");
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS), "{err:?}");
+    let message = err.as_db_error().unwrap().message().to_owned();
+    assert!(message.contains("file-descriptor limit (64)"), "{message}");
+    drop(silent);
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "a session once the silent connections are gone",
+        || async { tokio_postgres::connect(&url, NoTls).await.is_ok() },
+    )
+    .await;
+    child.kill().await.unwrap();
+}
