@@ -169,9 +169,20 @@ impl Registry {
             metrics::counter!(CANCEL_REQUESTS, "result" => "completed").increment(1);
             return;
         }
+        // Released however this ends, so the session is never held by a cancel that went nowhere.
+        let held = Held(&gate);
         let result = send(&gate.owner, &request.raw, timeout).await;
-        gate.forwarded();
+        drop(held);
         record(request.key.pid, "forwarded", result);
+    }
+}
+
+/// A cancel on its way upstream: the session's next statement waits until this is dropped.
+struct Held<'a>(&'a Gate);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.forwarded();
     }
 }
 
@@ -235,6 +246,17 @@ mod tests {
         gate.forwarded();
         gate.idle();
         assert!(!gate.admit(Instant::now()), "it completed: dropped");
+    }
+
+    #[tokio::test]
+    async fn a_cancel_dropped_on_its_way_releases_the_session() {
+        let gate = gate();
+        gate.before_send().await;
+        assert!(gate.admit(Instant::now()));
+        drop(Held(&gate));
+        tokio::time::timeout(Duration::from_secs(5), gate.before_send())
+            .await
+            .expect("not held");
     }
 
     #[tokio::test]
