@@ -36,6 +36,17 @@ async fn key_routes(clients: &[Client], keys: std::ops::Range<usize>) -> Vec<(us
     all
 }
 
+/// A database with the routing migration at `percent` and a marker row that exists only in the new table, so
+/// [`reads_new`] can tell where a session's reads went.
+async fn setup_marked(name: &str, percent: f64) -> (String, crate::support::Proxy, Client) {
+    let (db, proxy, direct) = setup(name, routing_reads(percent)).await;
+    direct
+        .batch_execute("INSERT INTO v2.users VALUES (-1, 'marker', NULL, now())")
+        .await
+        .unwrap();
+    (db, proxy, direct)
+}
+
 fn routing_reads(percent: f64) -> String {
     users_migration(
         "dual_write",
@@ -58,11 +69,7 @@ async fn reads_new(client: &Client) -> bool {
 /// rolled back with its transaction. Each takes effect at the next transaction.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_routing_key_is_tracked_as_postgres_tracks_it() {
-    let (db, proxy, direct) = setup("t_mig_key_setting", routing_reads(50.0)).await;
-    direct
-        .batch_execute("INSERT INTO v2.users VALUES (-1, 'marker', NULL, now())")
-        .await
-        .unwrap();
+    let (db, proxy, _direct) = setup_marked("t_mig_key_setting", 50.0).await;
     let on_new = |k: &str| bucket("users_v2", k) < 5000;
     let keys: Vec<String> = (0..100).map(|i| format!("key-{i}")).collect();
     let new = keys.iter().find(|k| on_new(k)).unwrap().clone();
@@ -136,11 +143,7 @@ async fn the_routing_key_is_tracked_as_postgres_tracks_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_is_sticky_and_follows_reloads() {
-    let (db, proxy, direct) = setup("t_mig_routing", routing_reads(25.0)).await;
-    direct
-        .batch_execute("INSERT INTO v2.users VALUES (-1, 'marker', NULL, now())")
-        .await
-        .unwrap();
+    let (db, proxy, _direct) = setup_marked("t_mig_routing", 25.0).await;
 
     // 1000 routing keys (SET pgshift.key takes effect at the next transaction), on 4 connections.
     let mut clients = Vec::new();
@@ -215,11 +218,7 @@ async fn routing_is_sticky_and_follows_reloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_switch_under_load() {
-    let (db, proxy, direct) = setup("t_mig_kill", routing_reads(100.0)).await;
-    direct
-        .batch_execute("INSERT INTO v2.users VALUES (-1, 'marker', NULL, now())")
-        .await
-        .unwrap();
+    let (db, proxy, _direct) = setup_marked("t_mig_kill", 100.0).await;
     let reloaded = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
