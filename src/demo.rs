@@ -8,7 +8,6 @@ use crate::pgcluster::{Cluster, Options};
 use crate::server;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -280,27 +279,7 @@ fn live_line(
 }
 
 fn create_schema(cluster: &Cluster) -> Result<(), DemoError> {
-    let psql = cluster.bin_dir.join("psql");
-    let psql = if psql.is_file() { psql } else { "psql".into() };
-    let out = Command::new(psql)
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            &cluster.url("postgres"),
-            "-c",
-            SCHEMA,
-        ])
-        .output()
-        .map_err(|e| DemoError::Schema(format!("running psql: {e}")))?;
-    if !out.status.success() {
-        return Err(DemoError::Schema(
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ));
-    }
-    Ok(())
+    cluster.psql("postgres", SCHEMA).map_err(DemoError::Schema)
 }
 
 /// The demo's config file, with other read percentages (used by the tests to drive the tour).

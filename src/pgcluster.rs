@@ -269,6 +269,30 @@ rm -rf "$dir""#;
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// Runs `sql` in `database` with psql as the superuser, stopping at the first error; psql's stderr if it fails.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<(), String> {
+        let psql = self.bin_dir.join("psql");
+        let psql = if psql.is_file() { psql } else { "psql".into() };
+        let out = Command::new(psql)
+            .args([
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                &self.url(database),
+                "-c",
+                sql,
+            ])
+            .output()
+            .map_err(|e| format!("running psql: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
     fn stop_server_only(&mut self) {
         if let Some((mut child, stdin)) = self.guard.take() {
             drop(stdin);

@@ -100,24 +100,9 @@ pub fn cluster() -> &'static Cluster {
              CREATE ROLE {} LOGIN PASSWORD '{}';",
             MD5_USER.0, MD5_USER.1, SCRAM_USER.0, SCRAM_USER.1, PASSWORD_USER.0, PASSWORD_USER.1
         );
-        let out = std::process::Command::new(psql_path())
-            .args([
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-d",
-                &cluster.url("postgres"),
-                "-c",
-                &sql,
-            ])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "creating roles: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = cluster.psql("postgres", &sql) {
+            panic!("creating roles: {e}");
+        }
         cluster
     })
 }
