@@ -17,6 +17,7 @@ use crate::protocol::startup::{encode_cancel_request, CancelKey, CancelRequest};
 use crate::protocol::tls::UpstreamTls;
 use bytes::Bytes;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +35,8 @@ pub struct Gate {
     owner: Owner,
     state: Mutex<GateState>,
     settled: Notify,
+    /// Mirrors `busy_since.is_some()`, so the upstream pump's check after every read needs no lock.
+    busy: AtomicBool,
 }
 
 #[derive(Default)]
@@ -52,6 +55,7 @@ impl Gate {
             owner,
             state: Mutex::new(GateState::default()),
             settled: Notify::new(),
+            busy: AtomicBool::new(false),
         })
     }
 
@@ -62,24 +66,41 @@ impl Gate {
     /// Called before the session sends anything upstream: waits while a cancel is being forwarded, then
     /// marks the session busy.
     pub async fn before_send(&self) {
+        // The common case, no cancel on its way: one uncontended lock.
+        if self.try_send() {
+            return;
+        }
         loop {
             let settled = self.settled.notified();
             tokio::pin!(settled);
+            // Registered before the check, so a cancel settling in between still wakes us.
             settled.as_mut().enable();
-            {
-                let mut state = self.lock();
-                if state.forwarding == 0 {
-                    state.busy_since.get_or_insert_with(Instant::now);
-                    return;
-                }
+            if self.try_send() {
+                return;
             }
             settled.await;
         }
     }
 
+    /// Marks the session busy unless a cancel is being forwarded.
+    fn try_send(&self) -> bool {
+        let mut state = self.lock();
+        if state.forwarding > 0 {
+            return false;
+        }
+        if state.busy_since.is_none() {
+            state.busy_since = Some(Instant::now());
+            self.busy.store(true, Ordering::Release);
+        }
+        true
+    }
+
     /// Called when the upstream owes the session nothing any more.
     pub fn idle(&self) {
-        self.lock().busy_since = None;
+        if self.busy.load(Ordering::Acquire) {
+            self.lock().busy_since = None;
+            self.busy.store(false, Ordering::Release);
+        }
     }
 
     /// Whether a statement is running upstream.
