@@ -154,8 +154,14 @@ impl Statements {
         let mut changed = !self.routed || self.facts_changed;
         if generation != self.generation {
             self.generation = generation;
+            let watched = !self.active.is_empty();
             self.select_active(Some(self.live.current()));
             changed = true;
+            // Until now nothing watched this session's statements: what it SET meanwhile is read back first.
+            if !watched && !self.active.is_empty() {
+                self.settings_unknown = true;
+                return Some((Lookup::Settings, SETTINGS_SQL.to_owned()));
+            }
         }
         if let Some(app) = application_name.filter(|app| *app != self.facts.application_name) {
             self.facts.application_name = app;

@@ -141,6 +141,32 @@ async fn the_routing_key_is_tracked_as_postgres_tracks_it() {
     proxy.stop().await;
 }
 
+/// A key SET while no migration applied to the session counts once one does (a reload adds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_set_before_a_migration_applies_is_seen_after_the_reload() {
+    let (db, proxy, _direct) = setup_marked("t_route_key_before", 50.0).await;
+    proxy.reload_migrations("");
+    // A key routed the other way from the session's default key (user and application_name).
+    let default_new = bucket("users_v2", "postgres\0") < 5000;
+    let key = (0..100)
+        .map(|i| format!("key-{i}"))
+        .find(|k| (bucket("users_v2", k) < 5000) != default_new)
+        .unwrap();
+    let client = connect(&proxy.url(&db)).await;
+    client
+        .batch_execute(&format!("SET pgshift.key = '{key}'"))
+        .await
+        .unwrap();
+    proxy.reload_migrations(&routing_reads(50.0));
+    assert_eq!(
+        reads_new(&client).await,
+        !default_new,
+        "{key} decides the route, not the default key"
+    );
+    drop(client);
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_is_sticky_and_follows_reloads() {
     let (db, proxy, _direct) = setup_marked("t_mig_routing", 25.0).await;
