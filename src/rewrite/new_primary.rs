@@ -14,8 +14,8 @@ use super::sqltext::{fold, quote_ident};
 use super::{refuse, splice, Refusal, Schema, Source, Target};
 use crate::config::migration::{Migration, MigrationKind};
 use sqlparser::ast::{
-    visit_expressions, visit_expressions_mut, AssignmentTarget, Expr, FromTable, OnConflictAction,
-    OnInsert, SetExpr, Statement, With,
+    visit_expressions, visit_expressions_mut, AssignmentTarget, Expr, FromTable, Ident, Insert,
+    OnConflictAction, OnInsert, SetExpr, Statement, With,
 };
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -91,6 +91,8 @@ fn new_value(
     }
 }
 
+const PHASE: &str = "with writes = \"new_primary\"";
+
 pub fn rewrite(
     mut statement: Statement,
     with: Option<With>,
@@ -104,215 +106,15 @@ pub fn rewrite(
     if m.kind == MigrationKind::Column {
         unreachable!("column kind new_primary is handled with the dual-write transform");
     }
-    let new_table = table_text(m.new_table.as_ref().expect("table kind has new_table"));
-    let old_cols = columns_of(schema, &m.table).map_err(fail)?.clone();
-    let new_cols = columns_of(
-        schema,
-        m.new_table.as_ref().expect("table kind has new_table"),
-    )
-    .map_err(fail)?
-    .clone();
-    let old = old_from_new(m, &old_cols).map_err(fail)?;
-    let alias_ident = target_alias(&statement)
-        .ok_or_else(|| fail("the target table could not be identified".into()))?;
-    let alias = fold(&alias_ident);
+    let t = Translation::new(m, schema, &statement).map_err(fail)?;
     let returning = take_returning(&mut statement);
-    let phase = "with writes = \"new_primary\"";
-
     let primary = match &statement {
-        Statement::Insert(insert) => {
-            let mut columns: Vec<String> = insert
-                .columns
-                .iter()
-                .filter_map(|n| last_part(n).map(|i| fold(&i)))
-                .collect();
-            let (rows, selected) = match insert.source.as_deref() {
-                Some(q) => match q.body.as_ref() {
-                    SetExpr::Values(v) if q.with.is_none() && q.order_by.is_none() => (
-                        v.rows.iter().map(|r| r.content.clone()).collect::<Vec<_>>(),
-                        None,
-                    ),
-                    _ => (Vec::new(), Some(q)),
-                },
-                None => (Vec::new(), None),
-            };
-            // INSERT … SELECT (SQLAlchemy's multi-row insert from VALUES, Django's UNNEST): the client's query
-            // becomes a derived table whose columns are the inserted old columns, read through `up` into new.
-            if let Some(query) = selected {
-                if columns.is_empty() {
-                    return Err(fail(format!(
-                        "INSERT … SELECT without a column list is not supported {phase}"
-                    )));
-                }
-                if untyped_parameter_selected(query) {
-                    return Err(fail(format!(
-                        "INSERT … SELECT of a bare parameter is not supported {phase}: its type would be inferred differently; cast it (e.g. $1::text)"
-                    )));
-                }
-                let mut written: HashMap<String, Expr> = HashMap::new();
-                for col in &columns {
-                    if !old_cols.contains(col) {
-                        return Err(fail(format!("column {col} is not a column of {}", m.table)));
-                    }
-                    let column = Expr::CompoundIdentifier(vec![ident(SOURCE), ident(col)]);
-                    let typed = match schema.type_of(&m.table, col) {
-                        Some(ty) => parse_expr(&format!("CAST({column} AS {ty})")).map_err(fail)?,
-                        None => column,
-                    };
-                    written.insert(col.clone(), typed);
-                }
-                let mut names = Vec::new();
-                let mut values = Vec::new();
-                for col in &columns {
-                    let (name, value) = new_value(m, col, &written).map_err(fail)?;
-                    if !new_cols.contains(&name) {
-                        return Err(fail(format!(
-                            "column {name} does not exist in the new table"
-                        )));
-                    }
-                    names.push(quote_ident(&name));
-                    values.push(value.to_string());
-                }
-                let aliases: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
-                let conflict = conflict_clause(m, insert, phase).map_err(fail)?;
-                format!(
-                    "INSERT INTO {new_table} ({}) SELECT {} FROM ({query}) AS {SOURCE}({}){conflict} RETURNING *",
-                    names.join(", "),
-                    values.join(", "),
-                    aliases.join(", ")
-                )
-            } else {
-                if columns.is_empty() {
-                    let width = rows.first().map_or(0, Vec::len);
-                    columns = old_cols.iter().take(width).cloned().collect();
-                }
-                let mut new_names = Vec::new();
-                let mut new_rows: Vec<Vec<String>> = vec![Vec::new(); rows.len()];
-                for col in &columns {
-                    if !old_cols.contains(col) {
-                        return Err(fail(format!("column {col} is not a column of {}", m.table)));
-                    }
-                }
-                for col in &columns {
-                    let mut name = None;
-                    for (i, row) in rows.iter().enumerate() {
-                        let written: HashMap<String, Expr> =
-                            columns.iter().cloned().zip(row.iter().cloned()).collect();
-                        if !row.iter().all(repeatable) {
-                            return Err(fail(format!(
-                            "VALUES that may change if evaluated twice are not supported {phase}"
-                        )));
-                        }
-                        let (n, value) = new_value(m, col, &written).map_err(fail)?;
-                        name = Some(n);
-                        new_rows[i].push(value.to_string());
-                    }
-                    let name = name.unwrap_or_else(|| {
-                        new_value(
-                            m,
-                            col,
-                            &HashMap::from([(
-                                col.clone(),
-                                Expr::Value(sqlparser::ast::Value::Null.into()),
-                            )]),
-                        )
-                        .map(|(n, _)| n)
-                        .unwrap_or_default()
-                    });
-                    if !new_cols.contains(&name) {
-                        return Err(fail(format!(
-                            "column {name} does not exist in the new table"
-                        )));
-                    }
-                    new_names.push(quote_ident(&name));
-                }
-                let values = if rows.is_empty() {
-                    "DEFAULT VALUES".to_owned()
-                } else {
-                    format!(
-                        "VALUES {}",
-                        new_rows
-                            .iter()
-                            .map(|r| format!("({})", r.join(", ")))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-                let conflict = conflict_clause(m, insert, phase).map_err(fail)?;
-                let cols = if new_names.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", new_names.join(", "))
-                };
-                format!("INSERT INTO {new_table}{cols} {values}{conflict} RETURNING *")
-            }
-        }
-        Statement::Update(update) => {
-            if update.from.is_some() {
-                return Err(fail(format!("UPDATE … FROM is not supported {phase}")));
-            }
-            let assigned = assignment_columns(&update.assignments);
-            let mut written: HashMap<String, Expr> = old.clone();
-            for a in &update.assignments {
-                let AssignmentTarget::ColumnName(name) = &a.target else {
-                    return Err(fail(format!(
-                        "multiple-column assignments are not supported {phase}"
-                    )));
-                };
-                if has_subquery(&a.value) || !repeatable(&a.value) {
-                    return Err(fail(format!(
-                        "a value that may change if evaluated twice is not supported {phase}"
-                    )));
-                }
-                let col = last_part(name).map(|i| fold(&i)).unwrap_or_default();
-                written.insert(
-                    col,
-                    Expr::Nested(Box::new(translate(&a.value, &alias, &old))),
-                );
-            }
-            let mut sets = Vec::new();
-            for col in &assigned {
-                if !old_cols.contains(col) {
-                    return Err(fail(format!("column {col} is not a column of {}", m.table)));
-                }
-                let (name, value) = new_value(m, col, &written).map_err(fail)?;
-                sets.push(format!("{} = {value}", quote_ident(&name)));
-            }
-            let condition = match &update.selection {
-                Some(cond) if has_subquery(cond) => {
-                    return Err(fail(format!(
-                        "a WHERE clause with a subquery is not supported {phase}"
-                    )))
-                }
-                Some(cond) => format!(" WHERE {}", translate(cond, &alias, &old)),
-                None => String::new(),
-            };
-            format!(
-                "UPDATE {new_table} AS {alias_ident} SET {}{condition} RETURNING {alias_ident}.*",
-                sets.join(", ")
-            )
-        }
-        Statement::Delete(delete) => {
-            if delete.using.is_some() {
-                return Err(fail(format!("DELETE … USING is not supported {phase}")));
-            }
-            let _ = match &delete.from {
-                FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-            };
-            let condition = match &delete.selection {
-                Some(cond) if has_subquery(cond) => {
-                    return Err(fail(format!(
-                        "a WHERE clause with a subquery is not supported {phase}"
-                    )))
-                }
-                Some(cond) => format!(" WHERE {}", translate(cond, &alias, &old)),
-                None => String::new(),
-            };
-            format!("DELETE FROM {new_table} AS {alias_ident}{condition} RETURNING {alias_ident}.*")
-        }
-        _ => return Err(fail("not a DML statement".into())),
-    };
-
+        Statement::Insert(insert) => t.insert(insert),
+        Statement::Update(update) => t.update(update),
+        Statement::Delete(delete) => t.delete(delete),
+        _ => Err("not a DML statement".into()),
+    }
+    .map_err(fail)?;
     let client_ctes = with.map(|w| {
         (
             w.recursive,
@@ -329,6 +131,256 @@ pub fn rewrite(
         source,
     )
     .map_err(fail)
+}
+
+/// What every translation of a client's write to the new table needs: the mapping, both tables' columns, the
+/// old columns as expressions over new ones, and the name the statement gives its target.
+struct Translation<'a> {
+    m: &'a Migration,
+    schema: &'a Schema,
+    new_table: String,
+    old_cols: Vec<String>,
+    new_cols: Vec<String>,
+    /// Each old column as its `down` expression over the new columns.
+    old: HashMap<String, Expr>,
+    alias_ident: Ident,
+    alias: String,
+}
+
+impl<'a> Translation<'a> {
+    fn new(m: &'a Migration, schema: &'a Schema, statement: &Statement) -> Result<Self, String> {
+        let new = m.new_table.as_ref().expect("table kind has new_table");
+        let old_cols = columns_of(schema, &m.table)?.clone();
+        let new_cols = columns_of(schema, new)?.clone();
+        let old = old_from_new(m, &old_cols)?;
+        let alias_ident = target_alias(statement)
+            .ok_or_else(|| "the target table could not be identified".to_owned())?;
+        Ok(Translation {
+            m,
+            schema,
+            new_table: table_text(new),
+            old_cols,
+            new_cols,
+            old,
+            alias: fold(&alias_ident),
+            alias_ident,
+        })
+    }
+
+    /// The INSERT on the new table, `RETURNING *`.
+    fn insert(&self, insert: &Insert) -> Result<String, String> {
+        let columns: Vec<String> = insert
+            .columns
+            .iter()
+            .filter_map(|n| last_part(n).map(|i| fold(&i)))
+            .collect();
+        match insert.source.as_deref() {
+            Some(q) => match q.body.as_ref() {
+                SetExpr::Values(v) if q.with.is_none() && q.order_by.is_none() => {
+                    let rows = v.rows.iter().map(|r| r.content.clone()).collect();
+                    self.insert_values(insert, columns, rows)
+                }
+                _ => self.insert_select(insert, columns, q),
+            },
+            None => self.insert_values(insert, columns, Vec::new()),
+        }
+    }
+
+    /// INSERT … SELECT (SQLAlchemy's multi-row insert from VALUES, Django's UNNEST): the client's query becomes
+    /// a derived table whose columns are the inserted old columns, read through `up` into new.
+    fn insert_select(
+        &self,
+        insert: &Insert,
+        columns: Vec<String>,
+        query: &sqlparser::ast::Query,
+    ) -> Result<String, String> {
+        if columns.is_empty() {
+            return Err(format!(
+                "INSERT … SELECT without a column list is not supported {PHASE}"
+            ));
+        }
+        if untyped_parameter_selected(query) {
+            return Err(format!(
+                "INSERT … SELECT of a bare parameter is not supported {PHASE}: its type would be inferred differently; cast it (e.g. $1::text)"
+            ));
+        }
+        let mut written: HashMap<String, Expr> = HashMap::new();
+        for col in &columns {
+            if !self.old_cols.contains(col) {
+                return Err(format!("column {col} is not a column of {}", self.m.table));
+            }
+            let column = Expr::CompoundIdentifier(vec![ident(SOURCE), ident(col)]);
+            let typed = match self.schema.type_of(&self.m.table, col) {
+                Some(ty) => parse_expr(&format!("CAST({column} AS {ty})"))?,
+                None => column,
+            };
+            written.insert(col.clone(), typed);
+        }
+        let mut names = Vec::new();
+        let mut values = Vec::new();
+        for col in &columns {
+            let (name, value) = new_value(self.m, col, &written)?;
+            if !self.new_cols.contains(&name) {
+                return Err(format!("column {name} does not exist in the new table"));
+            }
+            names.push(quote_ident(&name));
+            values.push(value.to_string());
+        }
+        let aliases: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+        let conflict = conflict_clause(self.m, insert, PHASE)?;
+        Ok(format!(
+            "INSERT INTO {new_table} ({}) SELECT {} FROM ({query}) AS {SOURCE}({}){conflict} RETURNING *",
+            names.join(", "),
+            values.join(", "),
+            aliases.join(", "),
+            new_table = self.new_table
+        ))
+    }
+
+    fn insert_values(
+        &self,
+        insert: &Insert,
+        mut columns: Vec<String>,
+        rows: Vec<Vec<Expr>>,
+    ) -> Result<String, String> {
+        if columns.is_empty() {
+            let width = rows.first().map_or(0, Vec::len);
+            columns = self.old_cols.iter().take(width).cloned().collect();
+        }
+        let mut new_names = Vec::new();
+        let mut new_rows: Vec<Vec<String>> = vec![Vec::new(); rows.len()];
+        for col in &columns {
+            if !self.old_cols.contains(col) {
+                return Err(format!("column {col} is not a column of {}", self.m.table));
+            }
+        }
+        for col in &columns {
+            let mut name = None;
+            for (i, row) in rows.iter().enumerate() {
+                let written: HashMap<String, Expr> =
+                    columns.iter().cloned().zip(row.iter().cloned()).collect();
+                if !row.iter().all(repeatable) {
+                    return Err(format!(
+                        "VALUES that may change if evaluated twice are not supported {PHASE}"
+                    ));
+                }
+                let (n, value) = new_value(self.m, col, &written)?;
+                name = Some(n);
+                new_rows[i].push(value.to_string());
+            }
+            let name = name.unwrap_or_else(|| {
+                new_value(
+                    self.m,
+                    col,
+                    &HashMap::from([(
+                        col.clone(),
+                        Expr::Value(sqlparser::ast::Value::Null.into()),
+                    )]),
+                )
+                .map(|(n, _)| n)
+                .unwrap_or_default()
+            });
+            if !self.new_cols.contains(&name) {
+                return Err(format!("column {name} does not exist in the new table"));
+            }
+            new_names.push(quote_ident(&name));
+        }
+        let values = if rows.is_empty() {
+            "DEFAULT VALUES".to_owned()
+        } else {
+            format!(
+                "VALUES {}",
+                new_rows
+                    .iter()
+                    .map(|r| format!("({})", r.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let conflict = conflict_clause(self.m, insert, PHASE)?;
+        let cols = if new_names.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", new_names.join(", "))
+        };
+        Ok(format!(
+            "INSERT INTO {new_table}{cols} {values}{conflict} RETURNING *",
+            new_table = self.new_table
+        ))
+    }
+
+    /// The UPDATE on the new table, `RETURNING` its rows.
+    fn update(&self, update: &sqlparser::ast::Update) -> Result<String, String> {
+        if update.from.is_some() {
+            return Err(format!("UPDATE … FROM is not supported {PHASE}"));
+        }
+        let assigned = assignment_columns(&update.assignments);
+        let mut written: HashMap<String, Expr> = self.old.clone();
+        for a in &update.assignments {
+            let AssignmentTarget::ColumnName(name) = &a.target else {
+                return Err(format!(
+                    "multiple-column assignments are not supported {PHASE}"
+                ));
+            };
+            if has_subquery(&a.value) || !repeatable(&a.value) {
+                return Err(format!(
+                    "a value that may change if evaluated twice is not supported {PHASE}"
+                ));
+            }
+            let col = last_part(name).map(|i| fold(&i)).unwrap_or_default();
+            written.insert(
+                col,
+                Expr::Nested(Box::new(translate(&a.value, &self.alias, &self.old))),
+            );
+        }
+        let mut sets = Vec::new();
+        for col in &assigned {
+            if !self.old_cols.contains(col) {
+                return Err(format!("column {col} is not a column of {}", self.m.table));
+            }
+            let (name, value) = new_value(self.m, col, &written)?;
+            sets.push(format!("{} = {value}", quote_ident(&name)));
+        }
+        let condition = match &update.selection {
+            Some(cond) if has_subquery(cond) => {
+                return Err(format!(
+                    "a WHERE clause with a subquery is not supported {PHASE}"
+                ))
+            }
+            Some(cond) => format!(" WHERE {}", translate(cond, &self.alias, &self.old)),
+            None => String::new(),
+        };
+        Ok(format!(
+            "UPDATE {new_table} AS {alias} SET {}{condition} RETURNING {alias}.*",
+            sets.join(", "),
+            new_table = self.new_table,
+            alias = self.alias_ident
+        ))
+    }
+
+    /// The DELETE on the new table, `RETURNING` its rows.
+    fn delete(&self, delete: &sqlparser::ast::Delete) -> Result<String, String> {
+        if delete.using.is_some() {
+            return Err(format!("DELETE … USING is not supported {PHASE}"));
+        }
+        let _ = match &delete.from {
+            FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
+        };
+        let condition = match &delete.selection {
+            Some(cond) if has_subquery(cond) => {
+                return Err(format!(
+                    "a WHERE clause with a subquery is not supported {PHASE}"
+                ))
+            }
+            Some(cond) => format!(" WHERE {}", translate(cond, &self.alias, &self.old)),
+            None => String::new(),
+        };
+        Ok(format!(
+            "DELETE FROM {new_table} AS {alias}{condition} RETURNING {alias}.*",
+            new_table = self.new_table,
+            alias = self.alias_ident
+        ))
+    }
 }
 
 /// The statement around the write to the new table (`primary`, which returns the new rows): the rows mirrored
