@@ -395,7 +395,6 @@ pub(super) fn finish(
     source: &Source<'_>,
 ) -> Result<(String, Shape), String> {
     let m = target.migration;
-    let phase = "with writes = \"new_primary\"";
     let old_table = table_text(&m.table);
     let old_cols = columns_of(schema, &m.table)?.clone();
     let new_cols = columns_of(
@@ -428,7 +427,7 @@ pub(super) fn finish(
     // The rows come from the new table: system columns and whole-row references of old have no value here.
     let pg_alias = splice::target_alias(source.node)?;
     let outer =
-        splice::returning_for(source, m, &old_cols, false).map_err(|e| format!("{e} {phase}"))?;
+        splice::returning_for(source, m, &old_cols, false).map_err(|e| format!("{e} {PHASE}"))?;
     let mut from = format!("({shaped}) AS {}", quote_ident(&pg_alias));
     // Postgres rejects aggregates, window and set-returning functions in RETURNING; the outer SELECT would
     // accept them. A WHERE clause rejects them as well (same SQLSTATEs), and `false AND …` never evaluates.
