@@ -9,6 +9,34 @@ use crate::metrics::{self, STATEMENT_ERRORS};
 use crate::protocol::messages;
 use std::sync::Arc;
 
+/// One FIFO entry: a request, how to answer it, and (for statements on migrated tables) what to time.
+pub struct Entry {
+    pub request: Request,
+    pub respond: Respond,
+    pub timing: Option<Timing>,
+}
+
+impl Entry {
+    pub fn forward(request: Request) -> Entry {
+        Entry {
+            request,
+            respond: Respond::Forward,
+            timing: None,
+        }
+    }
+
+    /// What the upstream pump keeps once the request is sent.
+    pub fn into_parts(self) -> (Request, InFlight) {
+        (
+            self.request,
+            InFlight {
+                respond: self.respond,
+                timing: self.timing,
+            },
+        )
+    }
+}
+
 /// What the upstream pump keeps for each request it is owed a reply to.
 #[derive(Debug)]
 pub struct InFlight {

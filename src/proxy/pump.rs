@@ -382,13 +382,8 @@ impl<'s> UpstreamPump<'s> {
     fn take_expected(&mut self) {
         while let Ok(entry) = self.expected.try_recv() {
             self.state.in_channel.fetch_sub(1, Ordering::AcqRel);
-            self.pending.push(
-                entry.request,
-                InFlight {
-                    respond: entry.respond,
-                    timing: entry.timing,
-                },
-            );
+            let (request, flight) = entry.into_parts();
+            self.pending.push(request, flight);
         }
         self.state
             .queue_idle

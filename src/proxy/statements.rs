@@ -2,6 +2,7 @@
 //! decided for it, the catalog, and the prepared statements and portals it has created. Turns each client
 //! message that carries SQL into the bytes to send upstream and the FIFO entries that shape the replies.
 
+pub use super::inflight::Entry;
 use super::inflight::{Label, Timing};
 use super::pending::Request;
 use super::respond::{CatalogRows, Respond};
@@ -22,23 +23,6 @@ use std::sync::Arc;
 /// Sent instead of a refused statement: it fails at parse time, so nothing runs and the server's transaction
 /// state is exactly that of a failed statement; pgshift replaces the syntax error with its own.
 const REFUSED_SQL: &str = "pgshift refused this statement";
-
-/// One FIFO entry: a request, how to answer it, and (for statements on migrated tables) what to time.
-pub struct Entry {
-    pub request: Request,
-    pub respond: Respond,
-    pub timing: Option<Timing>,
-}
-
-impl Entry {
-    pub fn forward(request: Request) -> Entry {
-        Entry {
-            request,
-            respond: Respond::Forward,
-            timing: None,
-        }
-    }
-}
 
 /// The latency label of a plan: the first migration it touched, and how.
 fn label_of(plan: &Plan) -> Option<Label> {
