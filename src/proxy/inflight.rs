@@ -5,8 +5,9 @@
 
 use super::pending::Request;
 use super::respond::{self, Output, Respond};
-use crate::metrics::{self, STATEMENT_ERRORS};
+use crate::metrics::{self, READS, STATEMENTS_REWRITTEN, STATEMENT_ERRORS};
 use crate::protocol::messages;
+use crate::rewrite::{Action, ActionKind};
 use std::sync::Arc;
 
 /// One FIFO entry: a request, how to answer it, and (for statements on migrated tables) what to time.
@@ -64,12 +65,14 @@ impl InFlight {
     }
 }
 
-/// Which migration and route a statement's latency is recorded under.
+/// Which migration and route a statement's latency is recorded under, and everything its plan did.
 #[derive(Debug, Clone)]
 pub struct Label {
     pub migration: Arc<str>,
     /// `new`, `old` (reads), `dual_write` or `new_primary` (writes, by phase).
     pub route: &'static str,
+    /// Counted each time the statement runs, not each time it is planned (a prepared statement is planned once).
+    pub actions: Arc<[Action]>,
 }
 
 /// A statement on a migrated table, from when it is planned until its reply completes.
@@ -104,6 +107,17 @@ impl Timing {
     pub fn finish(self) {
         metrics::statement_duration(&self.label.migration, self.label.route)
             .record(self.started.elapsed().as_secs_f64());
+        for action in self.label.actions.iter() {
+            let (metric, label, value) = match action.what {
+                ActionKind::ReadNew => (READS, "route", "new"),
+                ActionKind::ReadOld => (READS, "route", "old"),
+                ActionKind::ReadUnrewritable => (READS, "route", "old_unrewritable"),
+                write @ (ActionKind::DualWrite | ActionKind::NewPrimary) => {
+                    (STATEMENTS_REWRITTEN, "kind", write.label())
+                }
+            };
+            metrics::migration_counter(metric, &action.migration, label, value).increment(1);
+        }
         if let Some(class) = self.failed {
             ::metrics::counter!(
                 STATEMENT_ERRORS,

@@ -9,7 +9,7 @@ use super::respond::{CatalogRows, Respond};
 use crate::config::reload::ConfigHandle;
 use crate::config::Config;
 use crate::error::ClientError;
-use crate::metrics::{READS, STATEMENTS_REFUSED, STATEMENTS_REWRITTEN};
+use crate::metrics::STATEMENTS_REFUSED;
 use crate::protocol::frame::FrameError;
 use crate::protocol::messages::{self, encode};
 use crate::rewrite::planner::{Planner, Touches};
@@ -36,6 +36,7 @@ fn label_of(plan: &Plan) -> Option<Label> {
     Some(Label {
         migration: action.migration.clone(),
         route,
+        actions: plan.actions().into(),
     })
 }
 
@@ -424,22 +425,13 @@ fn refused(refusal: &rewrite::Refusal) -> Bytes {
     ClientError::refused(refusal).to_bytes()
 }
 
+/// Refusals are counted when planned: the client's message fails there. What a plan did is counted each time
+/// the statement runs ([`Timing::finish`]).
 fn record(plan: &Plan) {
-    use crate::metrics::migration_counter;
     if let Plan::Refuse(r) = plan {
-        migration_counter(STATEMENTS_REFUSED, &r.migration, "reason", r.code()).increment(1);
+        crate::metrics::migration_counter(STATEMENTS_REFUSED, &r.migration, "reason", r.code())
+            .increment(1);
         tracing::info!(migration = %r.migration, reason = %r.reason, "statement refused");
-    }
-    for action in plan.actions() {
-        let (metric, label, value) = match action.what {
-            ActionKind::ReadNew => (READS, "route", "new"),
-            ActionKind::ReadOld => (READS, "route", "old"),
-            ActionKind::ReadUnrewritable => (READS, "route", "old_unrewritable"),
-            write @ (ActionKind::DualWrite | ActionKind::NewPrimary) => {
-                (STATEMENTS_REWRITTEN, "kind", write.label())
-            }
-        };
-        migration_counter(metric, &action.migration, label, value).increment(1);
     }
 }
 

@@ -657,3 +657,34 @@ trait Pipe: Sized {
 }
 
 impl<T> Pipe for T {}
+
+/// What a plan did is counted each time the statement runs: a prepared read executed three times is three
+/// reads, though it was planned once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_are_counted_per_execution() {
+    let (db, proxy, _direct) = setup(
+        "t_mig_count",
+        users_migration("dual_write", "new_percent = 100").replace("users_v2", "users_counted"),
+    )
+    .await;
+    let client = connect(&proxy.url(&db)).await;
+    let statement = client
+        .prepare("SELECT * FROM users WHERE id = $1")
+        .await
+        .unwrap();
+    for id in 1..=3i64 {
+        client.query(&statement, &[&id]).await.unwrap();
+    }
+    client
+        .simple_query("SELECT count(*) FROM users")
+        .await
+        .unwrap();
+    let (_, metrics) = crate::support::http_get(proxy.metrics_addr, "/metrics").await;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("pgshift_reads_total{migration=\"users_counted\",route=\"new\"}"))
+        .unwrap_or_else(|| panic!("no reads counted:\n{metrics}"));
+    assert!(line.ends_with(" 4"), "{line}");
+    drop(client);
+    proxy.stop().await;
+}
