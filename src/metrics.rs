@@ -7,7 +7,7 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, Counter, Gauge, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::{LazyLock, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 pub const CONNECTIONS_ACTIVE: &str = "pgshift_client_connections_active";
 pub const CONNECTIONS_TOTAL: &str = "pgshift_client_connections_total";
@@ -148,9 +148,9 @@ fn describe() {
     );
 }
 
-/// A per-migration counter with one extra label, resolved through the registry once and reused: the data
-/// path records per statement, and a registry lookup with label allocation would cost more than the rest of
-/// the statement's handling.
+/// A per-migration counter with one extra label, resolved through the registry once per thread and reused:
+/// the data path records per statement, and a registry lookup with label allocation (or a lock shared by the
+/// session threads) would cost more than the rest of the statement's handling.
 pub fn migration_counter(
     metric: &'static str,
     migration: &str,
@@ -159,30 +159,34 @@ pub fn migration_counter(
 ) -> Counter {
     type ByMigration = rustc_hash::FxHashMap<String, Counter>;
     type Counters = rustc_hash::FxHashMap<(&'static str, &'static str, &'static str), ByMigration>;
-    static COUNTERS: LazyLock<Mutex<Counters>> = LazyLock::new(Default::default);
-    let mut counters = COUNTERS.lock().expect("metric handle cache");
-    let by_migration = counters.entry((metric, label, value)).or_default();
-    if let Some(c) = by_migration.get(migration) {
-        return c.clone();
+    thread_local! {
+        static COUNTERS: std::cell::RefCell<Counters> = Default::default();
     }
-    let c = counter!(metric, "migration" => migration.to_owned(), label => value);
-    by_migration.insert(migration.to_owned(), c.clone());
-    c
+    COUNTERS.with_borrow_mut(|counters| {
+        let by_migration = counters.entry((metric, label, value)).or_default();
+        if let Some(c) = by_migration.get(migration) {
+            return c.clone();
+        }
+        let c = counter!(metric, "migration" => migration.to_owned(), label => value);
+        by_migration.insert(migration.to_owned(), c.clone());
+        c
+    })
 }
 
 /// The statement latency histogram for a migration and route, cached like [`migration_counter`].
 pub fn statement_duration(migration: &str, route: &'static str) -> metrics::Histogram {
-    static HISTOGRAMS: LazyLock<
-        Mutex<
-            rustc_hash::FxHashMap<&'static str, rustc_hash::FxHashMap<String, metrics::Histogram>>,
-        >,
-    > = LazyLock::new(Default::default);
-    let mut all = HISTOGRAMS.lock().expect("metric handle cache");
-    let by_migration = all.entry(route).or_default();
-    if let Some(h) = by_migration.get(migration) {
-        return h.clone();
+    type ByMigration = rustc_hash::FxHashMap<String, metrics::Histogram>;
+    thread_local! {
+        static HISTOGRAMS: std::cell::RefCell<rustc_hash::FxHashMap<&'static str, ByMigration>> =
+            Default::default();
     }
-    let h = metrics::histogram!(STATEMENT_DURATION, "migration" => migration.to_owned(), "route" => route);
-    by_migration.insert(migration.to_owned(), h.clone());
-    h
+    HISTOGRAMS.with_borrow_mut(|all| {
+        let by_migration = all.entry(route).or_default();
+        if let Some(h) = by_migration.get(migration) {
+            return h.clone();
+        }
+        let h = metrics::histogram!(STATEMENT_DURATION, "migration" => migration.to_owned(), "route" => route);
+        by_migration.insert(migration.to_owned(), h.clone());
+        h
+    })
 }
