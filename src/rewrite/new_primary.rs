@@ -14,7 +14,7 @@ use super::sqltext::{fold, quote_ident};
 use super::{refuse, splice, Refusal, Schema, Source, Target};
 use crate::config::migration::{Migration, MigrationKind};
 use sqlparser::ast::{
-    visit_expressions, visit_expressions_mut, AssignmentTarget, Expr, FromTable, Ident, Insert,
+    visit_expressions, visit_expressions_mut, AssignmentTarget, Expr, Ident, Insert,
     OnConflictAction, OnInsert, SetExpr, Statement, With,
 };
 use std::collections::HashMap;
@@ -341,15 +341,7 @@ impl<'a> Translation<'a> {
             let (name, value) = new_value(self.m, col, &written)?;
             sets.push(format!("{} = {value}", quote_ident(&name)));
         }
-        let condition = match &update.selection {
-            Some(cond) if has_subquery(cond) => {
-                return Err(format!(
-                    "a WHERE clause with a subquery is not supported {PHASE}"
-                ))
-            }
-            Some(cond) => format!(" WHERE {}", translate(cond, &self.alias, &self.old)),
-            None => String::new(),
-        };
+        let condition = self.condition(update.selection.as_ref())?;
         Ok(format!(
             "UPDATE {new_table} AS {alias} SET {}{condition} RETURNING {alias}.*",
             sets.join(", "),
@@ -358,23 +350,26 @@ impl<'a> Translation<'a> {
         ))
     }
 
+    /// ` WHERE …` over the new table's columns (old columns read through `down`), or nothing.
+    fn condition(&self, selection: Option<&Expr>) -> Result<String, String> {
+        match selection {
+            Some(cond) if has_subquery(cond) => Err(format!(
+                "a WHERE clause with a subquery is not supported {PHASE}"
+            )),
+            Some(cond) => Ok(format!(
+                " WHERE {}",
+                translate(cond, &self.alias, &self.old)
+            )),
+            None => Ok(String::new()),
+        }
+    }
+
     /// The DELETE on the new table, `RETURNING` its rows.
     fn delete(&self, delete: &sqlparser::ast::Delete) -> Result<String, String> {
         if delete.using.is_some() {
             return Err(format!("DELETE … USING is not supported {PHASE}"));
         }
-        let _ = match &delete.from {
-            FromTable::WithFromKeyword(t) | FromTable::WithoutKeyword(t) => t,
-        };
-        let condition = match &delete.selection {
-            Some(cond) if has_subquery(cond) => {
-                return Err(format!(
-                    "a WHERE clause with a subquery is not supported {PHASE}"
-                ))
-            }
-            Some(cond) => format!(" WHERE {}", translate(cond, &self.alias, &self.old)),
-            None => String::new(),
-        };
+        let condition = self.condition(delete.selection.as_ref())?;
         Ok(format!(
             "DELETE FROM {new_table} AS {alias}{condition} RETURNING {alias}.*",
             new_table = self.new_table,
