@@ -46,6 +46,14 @@ pub struct ClientError {
     pub hint: Option<String>,
 }
 
+/// The sentence of a 0A000 refusal: which migration, and what exactly pgshift cannot rewrite.
+pub fn refusal_message(refusal: &crate::rewrite::Refusal) -> String {
+    format!(
+        "pgshift cannot rewrite this statement for migration \"{}\": {}",
+        refusal.migration, refusal.detail
+    )
+}
+
 impl ClientError {
     pub fn fatal(code: SqlState, message: impl Into<String>) -> Self {
         ClientError {
@@ -62,7 +70,7 @@ impl ClientError {
         ClientError {
             severity: Severity::Error,
             code: SqlState::FEATURE_NOT_SUPPORTED,
-            message: refusal.message(),
+            message: refusal_message(refusal),
             hint: Some(format!(
                 "Nothing was executed. Change the statement, or set writes = \"off\" for migration \"{}\".",
                 refusal.migration

@@ -1,14 +1,15 @@
 //! The `pgshift` command line: one file per command. Each returns a typed [`CliError`]; `main` prints it.
 
 mod check;
+pub mod demo;
 mod rewrite;
 mod serve;
 
 use crate::admin::AdminError;
 use crate::config::ConfigError;
-use crate::demo::DemoError;
 use crate::server::StartError;
 use clap::{Parser, Subcommand};
+use demo::DemoError;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -122,7 +123,7 @@ pub async fn run(command: Cmd) -> Result<(), CliError> {
             listen,
             metrics,
             run_for,
-        } => Ok(crate::demo::run(&listen, &metrics, run_for).await?),
+        } => Ok(demo::run(&listen, &metrics, run_for).await?),
     }
 }
 

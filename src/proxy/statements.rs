@@ -431,7 +431,7 @@ fn record(plan: &Plan) {
     if let Plan::Refuse(r) = plan {
         crate::metrics::migration_counter(STATEMENTS_REFUSED, &r.migration, "reason", r.code())
             .increment(1);
-        tracing::info!(migration = %r.migration, reason = %r.reason, "statement refused");
+        tracing::info!(migration = %r.migration, reason = r.code(), detail = %r.detail, "statement refused");
     }
 }
 

@@ -2,6 +2,7 @@
 //! SELECT, `new_primary` forms that need type conversion, DEFAULT VALUES).
 
 use super::sqltext::{fold, quote_ident};
+use super::{RefusalReason, Unrewritable};
 use sqlparser::ast::{
     visit_expressions, visit_expressions_mut, Assignment, AssignmentTarget, Expr, FromTable, Ident,
     ObjectName, SelectItem, Statement, TableFactor,
@@ -73,11 +74,13 @@ pub(super) fn take_returning(statement: &mut Statement) -> Option<Vec<SelectItem
     }
 }
 
-pub(super) fn parse_expr(sql: &str) -> Result<Expr, String> {
+pub(super) fn parse_expr(sql: &str) -> Result<Expr, Unrewritable> {
     Parser::new(&PostgreSqlDialect {})
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_expr())
-        .map_err(|e| format!("expression {sql:?} does not parse: {e}"))
+        .map_err(|e| {
+            RefusalReason::Other.because(format!("expression {sql:?} does not parse: {e}"))
+        })
 }
 
 /// Functions that give the same result when evaluated twice in one statement.

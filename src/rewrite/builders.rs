@@ -5,22 +5,30 @@
 
 use super::shape::{DmlTag, Shape};
 use super::sqltext::quote_ident;
-use super::Schema;
+use super::{RefusalReason, Schema, Unrewritable};
 use crate::config::migration::{Migration, TableName};
 
 pub fn table_text(t: &TableName) -> String {
     format!("{}.{}", quote_ident(&t.schema), quote_ident(&t.name))
 }
 
-pub fn columns_of<'s>(schema: &'s Schema, table: &TableName) -> Result<&'s Vec<String>, String> {
+pub fn columns_of<'s>(
+    schema: &'s Schema,
+    table: &TableName,
+) -> Result<&'s Vec<String>, Unrewritable> {
     schema.columns.get(table).ok_or_else(|| {
-        format!("the columns of {table} are not known in this session (does the table exist?)")
+        RefusalReason::ColumnsUnknown.because(format!(
+            "the columns of {table} are not known in this session (does the table exist?)"
+        ))
     })
 }
 
 /// The old table's columns, each with the new column it is written to and the expression (over old columns)
 /// that computes it. Old columns that the new table does not have are left out.
-pub fn mirror_columns(m: &Migration, schema: &Schema) -> Result<Vec<(String, String)>, String> {
+pub fn mirror_columns(
+    m: &Migration,
+    schema: &Schema,
+) -> Result<Vec<(String, String)>, Unrewritable> {
     let new_table = m.new_table.as_ref().expect("table kind has new_table");
     let old_cols = columns_of(schema, &m.table)?;
     let new_cols = columns_of(schema, new_table)?;
@@ -37,9 +45,9 @@ pub fn mirror_columns(m: &Migration, schema: &Schema) -> Result<Vec<(String, Str
         if new_cols.contains(&new_name) {
             out.push((new_name, expr));
         } else if mapped.is_some() {
-            return Err(format!(
+            return Err(RefusalReason::Other.because(format!(
                 "column {new_name} of the column map does not exist in {new_table}"
-            ));
+            )));
         }
     }
     Ok(out)

@@ -12,7 +12,7 @@ use super::mirror::{self, Planned};
 use super::primary::substitute;
 use super::shape::{DmlTag, Shape};
 use super::sqltext::quote_ident;
-use super::{pg, refuse, splice, Context, Schema, Source, Target};
+use super::{pg, refuse, splice, Context, RefusalReason, Schema, Source, Target, Unrewritable};
 use crate::config::migration::{Migration, MigrationKind, WriteMode};
 use pg_query::protobuf::{self, Token};
 use pg_query::NodeEnum;
@@ -78,7 +78,7 @@ fn computed(
     values: &[(String, String)],
     schema: &Schema,
     m: &Migration,
-) -> Result<(String, Option<String>), String> {
+) -> Result<(String, Option<String>), Unrewritable> {
     let value_of = |name: &str| {
         values
             .iter()
@@ -87,7 +87,7 @@ fn computed(
     };
     let new_value = match map.up {
         Some(up) => substitute(up, |name| Ok(value_of(name)))?,
-        None => value_of(&map.old).ok_or("no value")?,
+        None => value_of(&map.old).ok_or_else(|| RefusalReason::other("no value"))?,
     };
     let derived = if m.writes == WriteMode::NewPrimary {
         let ty = schema.type_of(&m.table, &map.new).unwrap_or("text");
@@ -103,13 +103,20 @@ fn computed(
 }
 
 /// A column's default as stored, for `up`: `None` when it may change if evaluated twice.
-fn default_value(schema: &Schema, m: &Migration, column: &str) -> Result<Option<String>, String> {
+fn default_value(
+    schema: &Schema,
+    m: &Migration,
+    column: &str,
+) -> Result<Option<String>, Unrewritable> {
     let ty = schema.type_of(&m.table, column).unwrap_or("text");
     match schema.default_of(&m.table, column)? {
         None => Ok(Some(format!("CAST(NULL AS {ty})"))),
         Some(text) => {
-            let stmts = pg::parse(&format!("SELECT {text}"))?;
-            let node = &stmts.first().ok_or("empty default")?.node;
+            let stmts = pg::parse(&format!("SELECT {text}")).map_err(RefusalReason::other)?;
+            let node = &stmts
+                .first()
+                .ok_or_else(|| RefusalReason::other("empty default"))?
+                .node;
             let wrapped = protobuf::Node {
                 node: Some(node.clone()),
             };
@@ -121,10 +128,14 @@ fn default_value(schema: &Schema, m: &Migration, column: &str) -> Result<Option<
 /// An assigned column, its value's tokens (`None` for DEFAULT) and its value as parsed.
 type Assigned<'n> = (String, Option<Range<usize>>, Option<&'n protobuf::Node>);
 
-fn build(source: &Source<'_>, schema: &Schema, m: &Migration) -> Result<Option<String>, String> {
+fn build(
+    source: &Source<'_>,
+    schema: &Schema,
+    m: &Migration,
+) -> Result<Option<String>, Unrewritable> {
     let text = source.text;
     let node = source.node;
-    let toks = pg::tokens(text)?;
+    let toks = pg::tokens(text).map_err(RefusalReason::other)?;
     let depth = pg::depths(&toks);
     let at = |location: i32| -> Option<usize> {
         let start = usize::try_from(location).ok()?.checked_sub(source.offset)?;
@@ -133,7 +144,7 @@ fn build(source: &Source<'_>, schema: &Schema, m: &Migration) -> Result<Option<S
     let maps = mappings(m);
     let mut edits: Vec<(Range<usize>, String)> = Vec::new();
     let unrepeatable = |old: &str, new: &str| {
-        format!("the value written to {old} may change if evaluated twice, so {new} cannot be computed from it")
+        RefusalReason::UnrepeatableValue.because(format!("the value written to {old} may change if evaluated twice, so {new} cannot be computed from it"))
     };
 
     // Assignments: UPDATE SET, ON CONFLICT DO UPDATE SET.
@@ -328,6 +339,6 @@ fn build(source: &Source<'_>, schema: &Schema, m: &Migration) -> Result<Option<S
     finish(text, edits).map(Some)
 }
 
-fn finish(text: &str, edits: Vec<(Range<usize>, String)>) -> Result<String, String> {
+fn finish(text: &str, edits: Vec<(Range<usize>, String)>) -> Result<String, Unrewritable> {
     splice::apply(text, 0..text.len(), edits)
 }

@@ -7,6 +7,7 @@
 
 use super::ast::{assignment_columns, ident, last_part, parse_expr, repeatable, substitute};
 use super::builders::columns_of;
+use super::refusal::{RefusalReason, Unrewritable};
 use super::shape::Shape;
 use super::sqltext::{fold, quote_ident};
 use super::{refuse, Refusal, Schema, Target};
@@ -34,7 +35,7 @@ pub fn rewrite(
         // Planned from Postgres's parse tree before sqlparser's reading is consulted ([`super::mirror`]).
         MigrationKind::Table => Err(refuse(
             target,
-            "this statement form is not supported while writes are mirrored",
+            RefusalReason::other("this statement form is not supported while writes are mirrored"),
         )),
         MigrationKind::Column => {
             let stmt =
@@ -49,7 +50,10 @@ pub fn rewrite(
 }
 
 /// Mirroring is keyed on the key columns: changing them would orphan the mirrored row.
-pub(super) fn check_key_not_updated(statement: &Statement, m: &Migration) -> Result<(), String> {
+pub(super) fn check_key_not_updated(
+    statement: &Statement,
+    m: &Migration,
+) -> Result<(), Unrewritable> {
     let mut assigned = Vec::new();
     match statement {
         Statement::Update(u) => assigned.extend(assignment_columns(&u.assignments)),
@@ -82,15 +86,15 @@ pub(super) fn check_key_not_updated(statement: &Statement, m: &Migration) -> Res
         _ => {}
     }
     match assigned.iter().find(|c| m.key.contains(c)) {
-        Some(c) => Err(format!(
+        Some(c) => Err(RefusalReason::KeyUpdate.because(format!(
             "an UPDATE of key column {c} is not supported: the mirrored row is found by its key"
-        )),
+        ))),
         None => Ok(()),
     }
 }
 
 /// The `up` expression of each mapping, parsed (identity when absent).
-fn ups(m: &Migration) -> Result<Vec<(String, String, Expr)>, String> {
+fn ups(m: &Migration) -> Result<Vec<(String, String, Expr)>, Unrewritable> {
     m.columns
         .iter()
         .map(|c| {
@@ -104,7 +108,7 @@ fn ups(m: &Migration) -> Result<Vec<(String, String, Expr)>, String> {
 }
 
 /// For `new_primary`: each old column's value derived back from the new one, `down` over the new column.
-fn downs(m: &Migration) -> Result<HashMap<String, (String, Expr)>, String> {
+fn downs(m: &Migration) -> Result<HashMap<String, (String, Expr)>, Unrewritable> {
     m.columns
         .iter()
         .map(|c| {
@@ -135,14 +139,16 @@ struct ColumnMapping<'a> {
 impl ColumnMapping<'_> {
     /// `value` as Postgres stores it in `column`: cast to the column's type first, so `up` and `down` see the
     /// stored value (an integer parameter for a text column becomes text, as it does directly).
-    fn as_stored(&self, column: &str, value: Expr) -> Result<Expr, String> {
+    fn as_stored(&self, column: &str, value: Expr) -> Result<Expr, Unrewritable> {
         let Some(ty) = self.schema.type_of(self.table, column) else {
             return Ok(value);
         };
         let data_type = Parser::new(&PostgreSqlDialect {})
             .try_with_sql(ty)
             .and_then(|mut p| p.parse_data_type())
-            .map_err(|e| format!("type {ty} of {column} does not parse: {e}"))?;
+            .map_err(|e| {
+                RefusalReason::Other.because(format!("type {ty} of {column} does not parse: {e}"))
+            })?;
         Ok(Expr::Cast {
             kind: sqlparser::ast::CastKind::Cast,
             expr: Box::new(Expr::Nested(Box::new(value))),
@@ -152,15 +158,15 @@ impl ColumnMapping<'_> {
     }
 
     /// What `column` holds when the statement leaves it out or writes DEFAULT: its default, or NULL.
-    fn default_value(&self, column: &str) -> Result<Expr, String> {
+    fn default_value(&self, column: &str) -> Result<Expr, Unrewritable> {
         match self.schema.default_of(self.table, column)? {
             None => Ok(Expr::Value(sqlparser::ast::Value::Null.into())),
             Some(text) => {
                 let expr = parse_expr(text)?;
                 if !repeatable(&expr) {
-                    return Err(format!(
+                    return Err(RefusalReason::UnrepeatableValue.because(format!(
                         "the default of {column} ({text}) may change if evaluated twice, so the new column cannot be computed from it"
-                    ));
+                    )));
                 }
                 Ok(expr)
             }
@@ -173,7 +179,7 @@ impl ColumnMapping<'_> {
         &self,
         written: &[(String, Expr)],
         up: &Expr,
-    ) -> Result<HashMap<String, Expr>, String> {
+    ) -> Result<HashMap<String, Expr>, Unrewritable> {
         let mut read = Vec::new();
         let _ = visit_expressions(up, |e| {
             match e {
@@ -204,7 +210,7 @@ impl ColumnMapping<'_> {
         new: &str,
         up: &Expr,
         values: &HashMap<String, Expr>,
-    ) -> Result<(Expr, Option<Expr>), String> {
+    ) -> Result<(Expr, Option<Expr>), Unrewritable> {
         let new_value = substitute(up, values);
         let derived = match &self.downs {
             Some(downs) => Some(derived_old(
@@ -223,17 +229,16 @@ impl ColumnMapping<'_> {
 fn extend_assignments(
     assignments: &mut Vec<Assignment>,
     mapping: &ColumnMapping<'_>,
-) -> Result<(), String> {
+) -> Result<(), Unrewritable> {
     let assigned = assignment_columns(assignments);
     if assignments
         .iter()
         .any(|a| matches!(a.target, AssignmentTarget::Tuple(_)))
         && mapping.ups.iter().any(|(old, _, _)| assigned.contains(old))
     {
-        return Err(
-            "a multiple-column assignment (SET (a, b) = …) of a migrated column is not supported"
-                .into(),
-        );
+        return Err(RefusalReason::other(
+            "a multiple-column assignment (SET (a, b) = …) of a migrated column is not supported",
+        ));
     }
     let written: Vec<(String, Expr)> = assignments
         .iter()
@@ -248,9 +253,9 @@ fn extend_assignments(
         }
         let value = &written.iter().find(|(c, _)| c == old).expect("assigned").1;
         if !repeatable(value) {
-            return Err(format!(
+            return Err(RefusalReason::UnrepeatableValue.because(format!(
                 "the value assigned to {old} ({value}) may change if evaluated twice, so {new} cannot be computed from it"
-            ));
+            )));
         }
         let values = mapping.typed(&written, up)?;
         let (new_value, derived) = mapping.new_value(old, new, up, &values)?;
@@ -276,7 +281,7 @@ fn column_kind(
     m: &Migration,
     schema: &Schema,
     new_primary: bool,
-) -> Result<Statement, String> {
+) -> Result<Statement, Unrewritable> {
     let mapping = ColumnMapping {
         ups: ups(m)?,
         downs: if new_primary { Some(downs(m)?) } else { None },
@@ -316,7 +321,8 @@ fn column_kind(
                     let Ok(Some(Statement::Insert(parsed))) =
                         Parser::parse_sql(&PostgreSqlDialect {}, &sql).map(|mut s| s.pop())
                     else {
-                        return Err("DEFAULT VALUES could not be extended".into());
+                        return Err(RefusalReason::DefaultValue
+                            .because("DEFAULT VALUES could not be extended"));
                     };
                     insert.columns = parsed.columns;
                     insert.source = parsed.source;
@@ -363,7 +369,7 @@ fn column_kind(
             };
             if opaque {
                 if columns.is_empty() {
-                    return Err("INSERT … SELECT * into a migrated column is not supported without a column list".into());
+                    return Err(RefusalReason::Other.because("INSERT … SELECT * into a migrated column is not supported without a column list"));
                 }
                 let names: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
                 let items: Vec<String> = names.iter().map(|n| format!("__pgshift_s.{n}")).collect();
@@ -374,7 +380,11 @@ fn column_kind(
                 );
                 match Parser::parse_sql(&PostgreSqlDialect {}, &sql).map(|mut s| s.pop()) {
                     Ok(Some(Statement::Query(q))) => **source = *q,
-                    _ => return Err("the INSERT's query could not be wrapped".into()),
+                    _ => {
+                        return Err(
+                            RefusalReason::Other.because("the INSERT's query could not be wrapped")
+                        )
+                    }
                 }
             }
             match source.body.as_mut() {
@@ -387,12 +397,14 @@ fn column_kind(
                                 columns.iter().cloned().zip(row.iter().cloned()).collect();
                             if let Some(index) = index {
                                 let value = row.get(index).ok_or_else(|| {
-                                    format!("a VALUES row has no value for {old}")
+                                    RefusalReason::other(format!(
+                                        "a VALUES row has no value for {old}"
+                                    ))
                                 })?;
                                 if !is_default(value) && !repeatable(value) {
-                                    return Err(format!(
+                                    return Err(RefusalReason::UnrepeatableValue.because(format!(
                                         "the value inserted into {old} ({value}) may change if evaluated twice, so {new} cannot be computed from it"
-                                    ));
+                                    )));
                                 }
                             } else {
                                 written.push((old.clone(), default_keyword()));
@@ -411,7 +423,7 @@ fn column_kind(
                     for item in &select.projection {
                         match item {
                             SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => exprs.push(e.clone()),
-                            _ => return Err("INSERT … SELECT * into a migrated column is not supported; list the columns".into()),
+                            _ => return Err(RefusalReason::Other.because("INSERT … SELECT * into a migrated column is not supported; list the columns")),
                         }
                     }
                     let mut written: Vec<(String, Expr)> =
@@ -420,10 +432,10 @@ fn column_kind(
                         let index = columns.iter().position(|c| c == old);
                         match index {
                             Some(index) if !repeatable(&exprs[index]) => {
-                                return Err(format!(
+                                return Err(RefusalReason::UnrepeatableValue.because(format!(
                                     "the value inserted into {old} ({}) may change if evaluated twice, so {new} cannot be computed from it",
                                     exprs[index]
-                                ));
+                                )));
                             }
                             Some(_) => {}
                             None => written.push((old.clone(), default_keyword())),
@@ -437,10 +449,9 @@ fn column_kind(
                     }
                 }
                 _ => {
-                    return Err(
-                        "INSERT … from a set operation into a migrated column is not supported"
-                            .into(),
-                    )
+                    return Err(RefusalReason::other(
+                        "INSERT … from a set operation into a migrated column is not supported",
+                    ))
                 }
             }
             for (_, new, _) in &wanted {
@@ -583,7 +594,7 @@ mod tests {
             "INSERT INTO users (id, email) VALUES (1, 'a') ON CONFLICT ON CONSTRAINT users_pkey DO UPDATE SET id = EXCLUDED.id",
         ] {
             let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else { panic!("{sql}") };
-            assert!(r.reason.contains("key column id"), "{}", r.reason);
+            assert!(r.detail.contains("key column id"), "{}", r.detail);
         }
     }
 
@@ -605,7 +616,7 @@ mod tests {
             "DELETE FROM users USING banned b WHERE users.id = b.id RETURNING reason",
         ] {
             let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else { panic!("{sql}") };
-            assert!(r.reason.contains("RETURNING may only name"), "{}", r.reason);
+            assert!(r.detail.contains("RETURNING may only name"), "{}", r.detail);
         }
         let (sql, _) = users("UPDATE users SET email = b.email FROM banned b WHERE users.id = b.id RETURNING users.id, email");
         assert!(

@@ -8,6 +8,7 @@
 use super::builders::{
     columns_of, delete_matching, mirror_columns, new_key, table_text, upsert_from,
 };
+use super::refusal::{RefusalReason, Unrewritable};
 use super::shape::{DmlTag, Shape};
 use super::sqltext::quote_ident;
 use super::{pg, refuse, splice, Context, Refusal, Schema, Source, Target};
@@ -161,14 +162,14 @@ pub(super) fn column_passthrough<'c, 'a>(
 
 /// Writes elsewhere in the statement (data-modifying WITH queries) to a table whose writes are mirrored would
 /// not be mirrored.
-pub(super) fn cte_writes(d: &Dml<'_>, ctx: &Context<'_>) -> Result<(), String> {
+pub(super) fn cte_writes(d: &Dml<'_>, ctx: &Context<'_>) -> Result<(), Unrewritable> {
     let Some(with) = d.with else { return Ok(()) };
     for r in pg::Tree::of(with).written() {
         let written = ctx.resolve_parts(&r.parts(), &[]);
         if written.is_some_and(|t| t.migration.writes != WriteMode::Off) {
-            return Err(
-                "a data-modifying WITH query that writes a migrated table is not supported".into(),
-            );
+            return Err(RefusalReason::ModifyingCte.because(
+                "a data-modifying WITH query that writes a migrated table is not supported",
+            ));
         }
     }
     Ok(())
@@ -190,10 +191,11 @@ pub(super) fn check(
     source: &Source<'_>,
     ctx: &Context<'_>,
     target: &Target<'_>,
-) -> Result<(), String> {
+) -> Result<(), Unrewritable> {
     let m = target.migration;
     if !d.relation.inh {
-        return Err("statements with ONLY on a migrated table are not supported".into());
+        return Err(RefusalReason::Only
+            .because("statements with ONLY on a migrated table are not supported"));
     }
     cte_writes(d, ctx)?;
     // Mirroring is keyed on the key columns: changing them would orphan the mirrored row. `SET k = EXCLUDED.k`
@@ -206,9 +208,9 @@ pub(super) fn check(
             && matches!(value.and_then(|v| v.node.as_ref()), Some(NodeEnum::ColumnRef(c))
                 if column_ref_fields(c) == [Some("excluded"), Some(*col)]);
         if !no_op {
-            return Err(format!(
+            return Err(RefusalReason::KeyUpdate.because(format!(
                 "an UPDATE of key column {col} is not supported: the mirrored row is found by its key"
-            ));
+            )));
         }
     }
     // With FROM or USING, the rows handed on carry only the target's columns.
@@ -221,7 +223,7 @@ pub(super) fn check(
             _ => None,
         };
         let bad = || {
-            Err("RETURNING may only name the updated table's own columns when the statement has FROM or USING".to_owned())
+            Err(RefusalReason::Returning.because("RETURNING may only name the updated table's own columns when the statement has FROM or USING"))
         };
         for item in returning.iter().flat_map(|r| &r.exprs) {
             let tree = pg::Tree::of(item);
@@ -245,7 +247,7 @@ fn build(
     source: &Source<'_>,
     target: &Target<'_>,
     schema: &Schema,
-) -> Result<(String, Shape), String> {
+) -> Result<(String, Shape), Unrewritable> {
     let m = target.migration;
     let new_table = table_text(m.new_table.as_ref().expect("table kind has new_table"));
     let old_cols = columns_of(schema, &m.table)?;

@@ -18,6 +18,7 @@ pub mod prefilter;
 pub mod primary;
 pub mod read_route;
 pub mod reads;
+pub mod refusal;
 pub mod shape;
 pub mod splice;
 pub mod sqltext;
@@ -32,6 +33,7 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+pub use refusal::{Refusal, RefusalReason, Unrewritable};
 pub use shape::{DmlTag, Shape};
 
 /// What this session knows of the catalog: column lists of migrated tables (old and new), and what an
@@ -138,13 +140,6 @@ impl ActionKind {
     }
 }
 
-/// A statement pgshift will not run, and why. Nothing of the client's message is executed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub migration: String,
-    pub reason: String,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
     /// Send the client's text unchanged.
@@ -158,21 +153,6 @@ pub enum Plan {
         actions: Vec<Action>,
     },
     Refuse(Refusal),
-}
-
-impl Refusal {
-    /// The sentence a client (and `pgshift rewrite`) sees; [`crate::error::ClientError::refused`] sends it.
-    pub fn message(&self) -> String {
-        format!(
-            "pgshift cannot rewrite this statement for migration \"{}\": {}",
-            self.migration, self.reason
-        )
-    }
-
-    /// The stable label of `pgshift_statements_refused_total{reason}` and of the README's refusal table.
-    pub fn code(&self) -> &'static str {
-        reason_code(&self.reason)
-    }
 }
 
 impl Action {
@@ -199,17 +179,29 @@ impl Schema {
     }
 
     /// The default expression of `table.column`: `Ok(None)` when it has none (NULL), `Err` if unknown.
-    pub fn default_of(&self, table: &TableName, column: &str) -> Result<Option<&str>, String> {
+    pub fn default_of(
+        &self,
+        table: &TableName,
+        column: &str,
+    ) -> Result<Option<&str>, Unrewritable> {
         let i = self
             .columns
             .get(table)
             .and_then(|cols| cols.iter().position(|c| c == column))
-            .ok_or_else(|| format!("column {column} of {table} is not known in this session"))?;
+            .ok_or_else(|| {
+                RefusalReason::ColumnsUnknown.because(format!(
+                    "column {column} of {table} is not known in this session"
+                ))
+            })?;
         self.defaults
             .get(table)
             .and_then(|d| d.get(i))
             .map(|d| d.as_deref())
-            .ok_or_else(|| format!("the default of {table}.{column} is not known in this session"))
+            .ok_or_else(|| {
+                RefusalReason::ColumnsUnknown.because(format!(
+                    "the default of {table}.{column} is not known in this session"
+                ))
+            })
     }
 }
 
@@ -242,41 +234,8 @@ fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
             .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-/// A short, stable label for a refusal reason (the metric label; the message has the details).
-pub fn reason_code(reason: &str) -> &'static str {
-    const CODES: &[(&str, &str)] = &[
-        ("cannot parse", "parse_error"),
-        ("rejects the statement", "parse_error"),
-        ("reads this statement differently", "misread"),
-        ("DO block", "opaque_code"),
-        ("function or procedure body", "opaque_code"),
-        ("MERGE", "merge"),
-        ("TRUNCATE", "truncate"),
-        ("COPY", "copy"),
-        ("key column", "key_update"),
-        ("ONLY", "only"),
-        ("data-modifying WITH", "modifying_cte"),
-        ("RETURNING", "returning"),
-        ("DEFAULT", "default_value"),
-        ("evaluated twice", "unrepeatable_value"),
-        ("not known", "columns_unknown"),
-        ("SQL PREPARE", "prepare"),
-        ("EXPLAIN ANALYZE", "explain_analyze"),
-        ("out of pgshift's sight", "invisible_write"),
-        ("is not a column of", "unknown_column"),
-        ("new_primary", "new_primary"),
-    ];
-    CODES
-        .iter()
-        .find(|(needle, _)| reason.contains(needle))
-        .map_or("other", |(_, code)| code)
-}
-
-fn refuse(target: &Target<'_>, reason: impl Into<String>) -> Refusal {
-    Refusal {
-        migration: target.migration.name.clone(),
-        reason: reason.into(),
-    }
+fn refuse(target: &Target<'_>, why: Unrewritable) -> Refusal {
+    Refusal::new(target.migration.name.clone(), why)
 }
 
 fn writes_active(target: &Target<'_>) -> bool {
@@ -314,7 +273,7 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
                     if let Some((t, _)) = dml_target(s, ctx, &[]).filter(|(t, _)| writes_active(t))
                     {
                         refusal.get_or_insert_with(|| {
-                            refuse(t, format!("Postgres's parser (version 18) rejects the statement, so pgshift cannot tell how it writes {}", t.migration.table))
+                            refuse(t, RefusalReason::ParseError.because(format!("Postgres's parser (version 18) rejects the statement, so pgshift cannot tell how it writes {}", t.migration.table)))
                         });
                     }
                     ControlFlow::<()>::Continue(())
@@ -418,7 +377,7 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
                             .iter()
                             .find(|t| writes_active(t))
                             .expect("a write has a target");
-                        return Plan::Refuse(refuse(t, MISREAD));
+                        return Plan::Refuse(refuse(t, RefusalReason::Misread.because(MISREAD)));
                     }
                     actions.extend(
                         mentioned
@@ -452,7 +411,8 @@ pub fn plan(sql: &str, ctx: &Context<'_>) -> Plan {
         (Err(e), Some(t)) => {
             return Plan::Refuse(refuse(
                 t,
-                format!("pgshift cannot parse the statement ({e})"),
+                RefusalReason::ParseError
+                    .because(format!("pgshift cannot parse the statement ({e})")),
             ))
         }
         (Err(_), None) => return Plan::Forward { actions },
@@ -517,7 +477,7 @@ fn unreadable(source: &Source<'_>, ctx: &Context<'_>, why: &str) -> Result<Vec<A
         } else {
             return Err(refuse(
                 t,
-                format!("pgshift cannot parse the statement ({why}), so it cannot tell how it writes {}", t.migration.table),
+                RefusalReason::ParseError.because(format!("pgshift cannot parse the statement ({why}), so it cannot tell how it writes {}", t.migration.table)),
             ));
         }
     }
@@ -560,11 +520,11 @@ fn wrapped_write(source: &Source<'_>, ctx: &Context<'_>) -> Option<Result<(), Re
         None => Ok(()),
         Some("PREPARE") => Err(refuse(
             target,
-            "SQL PREPARE of a write to a migrated table is not supported: prepare it with the extended protocol (Parse), as drivers do",
+            RefusalReason::Prepare.because("SQL PREPARE of a write to a migrated table is not supported: prepare it with the extended protocol (Parse), as drivers do"),
         )),
         Some(what) => Err(refuse(
             target,
-            format!("{what} of a write to a migrated table is not supported: it would run the write without its mirror (use EXPLAIN without ANALYZE)"),
+            RefusalReason::ExplainAnalyze.because(format!("{what} of a write to a migrated table is not supported: it would run the write without its mirror (use EXPLAIN without ANALYZE)")),
         )),
     })
 }
@@ -631,10 +591,10 @@ fn invisible(d: &Dependent, ctx: &Context<'_>, how: &str) -> Option<Refusal> {
         .find(|t| t.migration.table == d.table && writes_active(t))?;
     Some(refuse(
         t,
-        format!(
+        RefusalReason::InvisibleWrite.because(format!(
             "{how} {} writes {} out of pgshift's sight, so the write would not be mirrored (write the table with plain statements; `pgshift check --dsn` lists such objects)",
             d.description, d.table
-        ),
+        )),
     ))
 }
 
@@ -654,7 +614,7 @@ fn opaque_code(statements: &[pg::Statement], ctx: &Context<'_>) -> Option<Refusa
                     };
                     return Some(refuse(
                         t,
-                        format!("{what} that names {} is not supported while its writes are mirrored: pgshift cannot see or mirror writes inside it (run it directly once the migration is done, or write the table with plain statements)", t.migration.table),
+                        RefusalReason::OpaqueCode.because(format!("{what} that names {} is not supported while its writes are mirrored: pgshift cannot see or mirror writes inside it (run it directly once the migration is done, or write the table with plain statements)", t.migration.table)),
                     ));
                 }
             }
@@ -756,7 +716,8 @@ fn plan_statement(
         if writes_active(t) {
             return Err(refuse(
                 t,
-                "statements with ONLY on a migrated table are not supported",
+                RefusalReason::Only
+                    .because("statements with ONLY on a migrated table are not supported"),
             ));
         }
         actions.push(action(t, ActionKind::ReadUnrewritable));
@@ -780,9 +741,9 @@ fn plan_statement(
                         )
                 }) {
                     let what = match s {
-                        Statement::Merge(_) => "MERGE into a migrated table is not supported",
-                        Statement::Truncate(_) => "TRUNCATE of a migrated table is not supported while writes are mirrored",
-                        _ => "COPY of a migrated table is not supported while writes are mirrored",
+                        Statement::Merge(_) => RefusalReason::Merge.because("MERGE into a migrated table is not supported"),
+                        Statement::Truncate(_) => RefusalReason::Truncate.because("TRUNCATE of a migrated table is not supported while writes are mirrored"),
+                        _ => RefusalReason::Copy.because("COPY of a migrated table is not supported while writes are mirrored"),
                     };
                     let is_copy_to = matches!(s, Statement::Copy { to: true, .. });
                     if !is_copy_to {
@@ -822,7 +783,9 @@ fn plan_statement(
         {
             return Err(refuse(
                 t,
-                "a data-modifying WITH query that writes a migrated table is not supported",
+                RefusalReason::ModifyingCte.because(
+                    "a data-modifying WITH query that writes a migrated table is not supported",
+                ),
             ));
         }
     }
@@ -1027,9 +990,9 @@ pub(crate) mod tests {
         };
         assert_eq!(r.migration, "orders_status");
         assert!(
-            r.reason.starts_with("pgshift cannot parse the statement"),
+            r.detail.starts_with("pgshift cannot parse the statement"),
             "{}",
-            r.reason
+            r.detail
         );
         // … a read is Postgres's to classify, and is routed like any other.
         for locking in ["FOR NO KEY UPDATE", "FOR KEY SHARE"] {
@@ -1091,7 +1054,7 @@ pub(crate) mod tests {
         ) else {
             panic!()
         };
-        assert_eq!(reason_code(&r.reason), "misread", "{}", r.reason);
+        assert_eq!(r.code(), "misread", "{}", r.detail);
         // Reads are routed from Postgres's tree: what sqlparser would misread stays as sent.
         let (sql, _) = rewritten(plan_with("SELECT email ISNULL FROM users", &m, Route::New));
         assert_eq!(
@@ -1126,7 +1089,7 @@ pub(crate) mod tests {
             let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
                 panic!("{sql}")
             };
-            assert_eq!(reason_code(&r.reason), "opaque_code", "{}", r.reason);
+            assert_eq!(r.code(), "opaque_code", "{}", r.detail);
         }
         let off = [users_migration(WriteMode::Off)];
         assert!(matches!(
@@ -1157,7 +1120,7 @@ pub(crate) mod tests {
             ("UPDATE users SET id = id + 1", "key column id"),
         ] {
             match plan_with(sql, &m, Route::Old) {
-                Plan::Refuse(r) => assert!(r.reason.contains(want), "{sql}: {}", r.reason),
+                Plan::Refuse(r) => assert!(r.detail.contains(want), "{sql}: {}", r.detail),
                 other => panic!("{sql}: expected a refusal, got {other:?}"),
             }
         }
@@ -1182,9 +1145,8 @@ pub(crate) mod tests {
             let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
                 panic!("{sql}")
             };
-            assert_eq!(reason_code(&r.reason), code, "{}", r.reason);
+            assert_eq!(r.code(), code, "{}", r.detail);
         }
-        assert_eq!(reason_code("something new"), "other");
     }
 
     #[test]
@@ -1200,8 +1162,8 @@ pub(crate) mod tests {
             let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
                 panic!("{sql}")
             };
-            assert_eq!(reason_code(&r.reason), "invisible_write", "{}", r.reason);
-            assert!(r.reason.contains("public.users"), "{}", r.reason);
+            assert_eq!(r.code(), "invisible_write", "{}", r.detail);
+            assert!(r.detail.contains("public.users"), "{}", r.detail);
         }
         for sql in [
             "SELECT * FROM active_users",
@@ -1240,7 +1202,7 @@ pub(crate) mod tests {
             let Plan::Refuse(r) = plan_with(sql, &m, Route::Old) else {
                 panic!("{sql}")
             };
-            assert_eq!(reason_code(&r.reason), code, "{}", r.reason);
+            assert_eq!(r.code(), code, "{}", r.detail);
         }
     }
 

@@ -9,6 +9,7 @@ use super::ast::{
 };
 use super::builders::{assemble, columns_of, delete_matching, new_key, table_text, upsert_from};
 use super::read_route::old_shape_select;
+use super::refusal::{RefusalReason, Unrewritable};
 use super::shape::{DmlTag, Shape};
 use super::sqltext::{fold, quote_ident};
 use super::{refuse, splice, Refusal, Schema, Source, Target};
@@ -24,7 +25,7 @@ const NEW_CTE: &str = "__pgshift_new";
 const OLD_CTE: &str = "__pgshift_old";
 
 /// For each old column: the expression over new columns that gives its value.
-fn old_from_new(m: &Migration, old_cols: &[String]) -> Result<HashMap<String, Expr>, String> {
+fn old_from_new(m: &Migration, old_cols: &[String]) -> Result<HashMap<String, Expr>, Unrewritable> {
     let mut out = HashMap::new();
     for col in old_cols {
         let expr = match m.columns.iter().find(|c| c.old.eq_ignore_ascii_case(col)) {
@@ -78,7 +79,7 @@ fn new_value(
     m: &Migration,
     col: &str,
     written: &HashMap<String, Expr>,
-) -> Result<(String, Expr), String> {
+) -> Result<(String, Expr), Unrewritable> {
     match m.columns.iter().find(|c| c.old.eq_ignore_ascii_case(col)) {
         Some(c) => {
             let value = match &c.up {
@@ -102,7 +103,7 @@ pub fn rewrite(
     source: &Source<'_>,
 ) -> Result<(String, Shape), Refusal> {
     let m = target.migration;
-    let fail = |reason: String| refuse(target, reason);
+    let fail = |reason: Unrewritable| refuse(target, reason);
     if m.kind == MigrationKind::Column {
         unreachable!("column kind new_primary is handled with the dual-write transform");
     }
@@ -112,7 +113,7 @@ pub fn rewrite(
         Statement::Insert(insert) => t.insert(insert),
         Statement::Update(update) => t.update(update),
         Statement::Delete(delete) => t.delete(delete),
-        _ => Err("not a DML statement".into()),
+        _ => Err(RefusalReason::Other.because("not a DML statement")),
     }
     .map_err(fail)?;
     let client_ctes = with.map(|w| {
@@ -148,13 +149,17 @@ struct Translation<'a> {
 }
 
 impl<'a> Translation<'a> {
-    fn new(m: &'a Migration, schema: &'a Schema, statement: &Statement) -> Result<Self, String> {
+    fn new(
+        m: &'a Migration,
+        schema: &'a Schema,
+        statement: &Statement,
+    ) -> Result<Self, Unrewritable> {
         let new = m.new_table.as_ref().expect("table kind has new_table");
         let old_cols = columns_of(schema, &m.table)?.clone();
         let new_cols = columns_of(schema, new)?.clone();
         let old = old_from_new(m, &old_cols)?;
         let alias_ident = target_alias(statement)
-            .ok_or_else(|| "the target table could not be identified".to_owned())?;
+            .ok_or_else(|| RefusalReason::other("the target table could not be identified"))?;
         Ok(Translation {
             m,
             schema,
@@ -168,7 +173,7 @@ impl<'a> Translation<'a> {
     }
 
     /// The INSERT on the new table, `RETURNING *`.
-    fn insert(&self, insert: &Insert) -> Result<String, String> {
+    fn insert(&self, insert: &Insert) -> Result<String, Unrewritable> {
         let columns: Vec<String> = insert
             .columns
             .iter()
@@ -193,21 +198,22 @@ impl<'a> Translation<'a> {
         insert: &Insert,
         columns: Vec<String>,
         query: &sqlparser::ast::Query,
-    ) -> Result<String, String> {
+    ) -> Result<String, Unrewritable> {
         if columns.is_empty() {
-            return Err(format!(
+            return Err(RefusalReason::NewPrimary.because(format!(
                 "INSERT … SELECT without a column list is not supported {PHASE}"
-            ));
+            )));
         }
         if untyped_parameter_selected(query) {
-            return Err(format!(
+            return Err(RefusalReason::NewPrimary.because(format!(
                 "INSERT … SELECT of a bare parameter is not supported {PHASE}: its type would be inferred differently; cast it (e.g. $1::text)"
-            ));
+            )));
         }
         let mut written: HashMap<String, Expr> = HashMap::new();
         for col in &columns {
             if !self.old_cols.contains(col) {
-                return Err(format!("column {col} is not a column of {}", self.m.table));
+                return Err(RefusalReason::UnknownColumn
+                    .because(format!("column {col} is not a column of {}", self.m.table)));
             }
             let column = Expr::CompoundIdentifier(vec![ident(SOURCE), ident(col)]);
             let typed = match self.schema.type_of(&self.m.table, col) {
@@ -221,7 +227,8 @@ impl<'a> Translation<'a> {
         for col in &columns {
             let (name, value) = new_value(self.m, col, &written)?;
             if !self.new_cols.contains(&name) {
-                return Err(format!("column {name} does not exist in the new table"));
+                return Err(RefusalReason::Other
+                    .because(format!("column {name} does not exist in the new table")));
             }
             names.push(quote_ident(&name));
             values.push(value.to_string());
@@ -242,7 +249,7 @@ impl<'a> Translation<'a> {
         insert: &Insert,
         mut columns: Vec<String>,
         rows: Vec<Vec<Expr>>,
-    ) -> Result<String, String> {
+    ) -> Result<String, Unrewritable> {
         if columns.is_empty() {
             let width = rows.first().map_or(0, Vec::len);
             columns = self.old_cols.iter().take(width).cloned().collect();
@@ -251,7 +258,8 @@ impl<'a> Translation<'a> {
         let mut new_rows: Vec<Vec<String>> = vec![Vec::new(); rows.len()];
         for col in &columns {
             if !self.old_cols.contains(col) {
-                return Err(format!("column {col} is not a column of {}", self.m.table));
+                return Err(RefusalReason::UnknownColumn
+                    .because(format!("column {col} is not a column of {}", self.m.table)));
             }
         }
         for col in &columns {
@@ -260,9 +268,9 @@ impl<'a> Translation<'a> {
                 let written: HashMap<String, Expr> =
                     columns.iter().cloned().zip(row.iter().cloned()).collect();
                 if !row.iter().all(repeatable) {
-                    return Err(format!(
+                    return Err(RefusalReason::UnrepeatableValue.because(format!(
                         "VALUES that may change if evaluated twice are not supported {PHASE}"
-                    ));
+                    )));
                 }
                 let (n, value) = new_value(self.m, col, &written)?;
                 name = Some(n);
@@ -281,7 +289,8 @@ impl<'a> Translation<'a> {
                 .unwrap_or_default()
             });
             if !self.new_cols.contains(&name) {
-                return Err(format!("column {name} does not exist in the new table"));
+                return Err(RefusalReason::Other
+                    .because(format!("column {name} does not exist in the new table")));
             }
             new_names.push(quote_ident(&name));
         }
@@ -310,22 +319,23 @@ impl<'a> Translation<'a> {
     }
 
     /// The UPDATE on the new table, `RETURNING` its rows.
-    fn update(&self, update: &sqlparser::ast::Update) -> Result<String, String> {
+    fn update(&self, update: &sqlparser::ast::Update) -> Result<String, Unrewritable> {
         if update.from.is_some() {
-            return Err(format!("UPDATE … FROM is not supported {PHASE}"));
+            return Err(RefusalReason::NewPrimary
+                .because(format!("UPDATE … FROM is not supported {PHASE}")));
         }
         let assigned = assignment_columns(&update.assignments);
         let mut written: HashMap<String, Expr> = self.old.clone();
         for a in &update.assignments {
             let AssignmentTarget::ColumnName(name) = &a.target else {
-                return Err(format!(
+                return Err(RefusalReason::NewPrimary.because(format!(
                     "multiple-column assignments are not supported {PHASE}"
-                ));
+                )));
             };
             if has_subquery(&a.value) || !repeatable(&a.value) {
-                return Err(format!(
+                return Err(RefusalReason::UnrepeatableValue.because(format!(
                     "a value that may change if evaluated twice is not supported {PHASE}"
-                ));
+                )));
             }
             let col = last_part(name).map(|i| fold(&i)).unwrap_or_default();
             written.insert(
@@ -336,7 +346,8 @@ impl<'a> Translation<'a> {
         let mut sets = Vec::new();
         for col in &assigned {
             if !self.old_cols.contains(col) {
-                return Err(format!("column {col} is not a column of {}", self.m.table));
+                return Err(RefusalReason::UnknownColumn
+                    .because(format!("column {col} is not a column of {}", self.m.table)));
             }
             let (name, value) = new_value(self.m, col, &written)?;
             sets.push(format!("{} = {value}", quote_ident(&name)));
@@ -351,11 +362,11 @@ impl<'a> Translation<'a> {
     }
 
     /// ` WHERE …` over the new table's columns (old columns read through `down`), or nothing.
-    fn condition(&self, selection: Option<&Expr>) -> Result<String, String> {
+    fn condition(&self, selection: Option<&Expr>) -> Result<String, Unrewritable> {
         match selection {
-            Some(cond) if has_subquery(cond) => Err(format!(
+            Some(cond) if has_subquery(cond) => Err(RefusalReason::NewPrimary.because(format!(
                 "a WHERE clause with a subquery is not supported {PHASE}"
-            )),
+            ))),
             Some(cond) => Ok(format!(
                 " WHERE {}",
                 translate(cond, &self.alias, &self.old)
@@ -365,9 +376,10 @@ impl<'a> Translation<'a> {
     }
 
     /// The DELETE on the new table, `RETURNING` its rows.
-    fn delete(&self, delete: &sqlparser::ast::Delete) -> Result<String, String> {
+    fn delete(&self, delete: &sqlparser::ast::Delete) -> Result<String, Unrewritable> {
         if delete.using.is_some() {
-            return Err(format!("DELETE … USING is not supported {PHASE}"));
+            return Err(RefusalReason::NewPrimary
+                .because(format!("DELETE … USING is not supported {PHASE}")));
         }
         let condition = self.condition(delete.selection.as_ref())?;
         Ok(format!(
@@ -388,7 +400,7 @@ pub(super) fn finish(
     target: &Target<'_>,
     schema: &Schema,
     source: &Source<'_>,
-) -> Result<(String, Shape), String> {
+) -> Result<(String, Shape), Unrewritable> {
     let m = target.migration;
     let old_table = table_text(&m.table);
     let old_cols = columns_of(schema, &m.table)?.clone();
@@ -421,8 +433,7 @@ pub(super) fn finish(
     let shaped = old_shape_select(m, schema, Some(NEW_CTE))?;
     // The rows come from the new table: system columns and whole-row references of old have no value here.
     let pg_alias = splice::target_alias(source.node)?;
-    let outer =
-        splice::returning_for(source, m, &old_cols, false).map_err(|e| format!("{e} {PHASE}"))?;
+    let outer = splice::returning_for(source, m, &old_cols, false).map_err(|e| e.and(PHASE))?;
     let mut from = format!("({shaped}) AS {}", quote_ident(&pg_alias));
     // Postgres rejects aggregates, window and set-returning functions in RETURNING; the outer SELECT would
     // accept them. A WHERE clause rejects them as well (same SQLSTATEs), and `false AND …` never evaluates.
@@ -460,7 +471,7 @@ fn conflict_clause(
     m: &Migration,
     insert: &sqlparser::ast::Insert,
     phase: &str,
-) -> Result<String, String> {
+) -> Result<String, Unrewritable> {
     Ok(match &insert.on {
         None => String::new(),
         Some(OnInsert::OnConflict(oc)) => {
@@ -470,9 +481,9 @@ fn conflict_clause(
                 }
                 None => Vec::new(),
                 _ => {
-                    return Err(format!(
+                    return Err(RefusalReason::NewPrimary.because(format!(
                         "ON CONFLICT ON CONSTRAINT is not supported {phase}"
-                    ))
+                    )))
                 }
             };
             let renamed: Vec<String> = target_cols
@@ -497,24 +508,24 @@ fn conflict_clause(
                 }
                 OnConflictAction::DoUpdate(du) => {
                     if du.selection.is_some() {
-                        return Err(format!(
+                        return Err(RefusalReason::NewPrimary.because(format!(
                             "ON CONFLICT … DO UPDATE … WHERE is not supported {phase}"
-                        ));
+                        )));
                     }
                     let mut sets = Vec::new();
                     for a in &du.assignments {
                         let AssignmentTarget::ColumnName(name) = &a.target else {
-                            return Err(format!(
+                            return Err(RefusalReason::NewPrimary.because(format!(
                                 "multiple-column assignments are not supported {phase}"
-                            ));
+                            )));
                         };
                         let col = last_part(name).map(|i| fold(&i)).unwrap_or_default();
                         let plain_excluded = matches!(&a.value, Expr::CompoundIdentifier(p)
                             if p.len() == 2 && fold(&p[0]) == "excluded" && fold(&p[1]) == col);
                         if !plain_excluded {
-                            return Err(format!(
+                            return Err(RefusalReason::NewPrimary.because(format!(
                                 "ON CONFLICT DO UPDATE supports only `col = EXCLUDED.col` {phase}"
-                            ));
+                            )));
                         }
                         let (new_name, _) = new_value(
                             m,
@@ -530,7 +541,7 @@ fn conflict_clause(
                 }
             }
         }
-        Some(_) => return Err("unsupported ON clause".into()),
+        Some(_) => return Err(RefusalReason::Other.because("unsupported ON clause")),
     })
 }
 

@@ -9,6 +9,7 @@
 use super::builders::{columns_of, table_text};
 use super::mirror::{self, Dml, Planned};
 use super::new_primary::finish;
+use super::refusal::{RefusalReason, Unrewritable};
 use super::shape::DmlTag;
 use super::sqltext::quote_ident;
 use super::{pg, refuse, splice, Context, Schema, Source, Target};
@@ -81,28 +82,30 @@ fn column<'m>(m: &'m Migration, old: &str) -> Column<'m> {
 /// An expression of the config (`up`, `down`) with each column reference replaced by `replace(name)`.
 pub(super) fn substitute(
     expr: &str,
-    mut replace: impl FnMut(&str) -> Result<Option<String>, String>,
-) -> Result<String, String> {
+    mut replace: impl FnMut(&str) -> Result<Option<String>, Unrewritable>,
+) -> Result<String, Unrewritable> {
     let sql = format!("SELECT {expr}");
-    let stmts = pg::parse(&sql)?;
-    let node = &stmts.first().ok_or("empty expression")?.node;
-    let toks = pg::tokens(&sql)?;
+    let stmts = pg::parse(&sql).map_err(RefusalReason::other)?;
+    let node = &stmts
+        .first()
+        .ok_or_else(|| RefusalReason::Other.because("empty expression"))?
+        .node;
+    let toks = pg::tokens(&sql).map_err(RefusalReason::other)?;
     let mut edits = Vec::new();
     for c in pg::Tree::of(node).all("ColumnRef") {
         let fields = pg::name_fields(c.get("fields"));
         let [Some(name)] = fields.as_slice() else {
-            return Err(format!(
+            return Err(RefusalReason::Other.because(format!(
                 "expression {expr:?} has a qualified column reference"
-            ));
+            )));
         };
         let Some(replacement) = replace(name)? else {
             continue;
         };
-        let start = usize::try_from(pg::location(c)).map_err(|e| e.to_string())?;
-        let tok = toks
-            .iter()
-            .find(|t| t.start == start)
-            .ok_or("a column of the expression could not be located")?;
+        let start = usize::try_from(pg::location(c)).map_err(RefusalReason::other)?;
+        let tok = toks.iter().find(|t| t.start == start).ok_or_else(|| {
+            RefusalReason::Other.because("a column of the expression could not be located")
+        })?;
         edits.push((tok.start..tok.end, replacement));
     }
     let out = apply(&sql, 0..sql.len(), &mut edits)?;
@@ -114,7 +117,7 @@ pub(super) fn apply(
     text: &str,
     range: Range<usize>,
     edits: &mut Vec<(Range<usize>, String)>,
-) -> Result<String, String> {
+) -> Result<String, Unrewritable> {
     let (inside, outside): (Vec<_>, Vec<_>) = edits
         .drain(..)
         .partition(|(r, _)| r.start >= range.start && r.end <= range.end);
@@ -128,10 +131,10 @@ fn build(
     source: &Source<'_>,
     schema: &Schema,
     m: &Migration,
-) -> Result<Option<Primary>, String> {
+) -> Result<Option<Primary>, Unrewritable> {
     let text = source.text;
     let node = source.node;
-    let toks = pg::tokens(text)?;
+    let toks = pg::tokens(text).map_err(RefusalReason::other)?;
     let depth = pg::depths(&toks);
     let at = |location: i32| -> Option<usize> {
         let start = usize::try_from(location).ok()?.checked_sub(source.offset)?;
@@ -169,7 +172,7 @@ fn build(
     ));
 
     // An old column read on the new side, qualified with `qual` where given.
-    let translate = |col: &str, qual: Option<&str>| -> Result<String, String> {
+    let translate = |col: &str, qual: Option<&str>| -> Result<String, Unrewritable> {
         let c = column(m, col);
         let q = |name: &str| match qual {
             Some(q) => format!("{q}.{}", quote_ident(name)),
@@ -178,7 +181,8 @@ fn build(
         match c.down {
             Some(down) => Ok(format!("({})", substitute(down, |name| Ok(Some(q(name))))?)),
             None if new_cols.contains(&c.new) => Ok(q(&c.new)),
-            None => Err(format!("column {col} has no counterpart in the new table")),
+            None => Err(RefusalReason::Other
+                .because(format!("column {col} has no counterpart in the new table"))),
         }
     };
 
@@ -368,7 +372,8 @@ fn build(
                                         uses += 1;
                                         Ok(Some(cast.clone()))
                                     } else if old_cols.iter().any(|o| o == name) {
-                                        Err(format!("up of {old} reads {name}"))
+                                        Err(RefusalReason::Other
+                                            .because(format!("up of {old} reads {name}")))
                                     } else {
                                         Ok(None)
                                     }
@@ -401,14 +406,14 @@ fn build(
             }
             let conflict = (0..toks.len())
                 .find(|&i| depth[i] == 0 && toks[i].kind == Token::Conflict)
-                .ok_or("ON CONFLICT not found")?;
+                .ok_or_else(|| RefusalReason::Other.because("ON CONFLICT not found"))?;
             let open = conflict + 1;
             if toks.get(open).map(|t| t.kind) != Some(Token::Ascii40) {
                 return Ok(None);
             }
             let close = (open + 1..toks.len())
                 .find(|&j| depth[j] == depth[open] && toks[j].kind == Token::Ascii41)
-                .ok_or("unbalanced ON CONFLICT")?;
+                .ok_or_else(|| RefusalReason::Other.because("unbalanced ON CONFLICT"))?;
             for j in open + 1..close {
                 if depth[j] != depth[open] + 1 || toks[j].kind == Token::Ascii44 {
                     continue;
@@ -439,7 +444,7 @@ fn finish_primary(
     edits: &mut Vec<(Range<usize>, String)>,
     parts: &splice::DmlParts,
     qualifier: &str,
-) -> Result<Primary, String> {
+) -> Result<Primary, Unrewritable> {
     let sql = format!("{} RETURNING {qualifier}.*", apply(text, body, edits)?);
     let ctes = parts
         .ctes

@@ -3,6 +3,7 @@
 //! table are used, and `SELECT *`, qualified column references and `FOR UPDATE` keep working.
 
 use super::pg::SYSTEM_COLUMNS;
+use super::refusal::{RefusalReason, Unrewritable};
 use super::sqltext::fold;
 use super::sqltext::quote_ident;
 use super::{action, Action, Context, Planned, Refusal, Schema};
@@ -17,7 +18,7 @@ use sqlparser::parser::Parser;
 use std::ops::ControlFlow;
 
 /// The SELECT that presents the new schema in the old table's shape.
-pub fn derived_select(m: &Migration, schema: &Schema) -> Result<String, String> {
+pub fn derived_select(m: &Migration, schema: &Schema) -> Result<String, Unrewritable> {
     old_shape_select(m, schema, None)
 }
 
@@ -26,18 +27,21 @@ pub fn old_shape_select(
     m: &Migration,
     schema: &Schema,
     from_override: Option<&str>,
-) -> Result<String, String> {
-    let old_cols = schema
-        .columns
-        .get(&m.table)
-        .ok_or_else(|| format!("the columns of {} are not known in this session", m.table))?;
+) -> Result<String, Unrewritable> {
+    let old_cols = schema.columns.get(&m.table).ok_or_else(|| {
+        RefusalReason::ColumnsUnknown.because(format!(
+            "the columns of {} are not known in this session",
+            m.table
+        ))
+    })?;
     let (from, new_cols) = match m.kind {
         MigrationKind::Table => {
             let new = m.new_table.as_ref().expect("table kind has new_table");
-            let cols = schema
-                .columns
-                .get(new)
-                .ok_or_else(|| format!("the columns of {new} are not known in this session"))?;
+            let cols = schema.columns.get(new).ok_or_else(|| {
+                RefusalReason::ColumnsUnknown.because(format!(
+                    "the columns of {new} are not known in this session"
+                ))
+            })?;
             (
                 format!("{}.{}", quote_ident(&new.schema), quote_ident(&new.name)),
                 cols,
@@ -68,7 +72,10 @@ pub fn old_shape_select(
                 }
             },
             None if new_cols.contains(col) => (quote_ident(col), schema.type_of(new_table, col)),
-            None => return Err(format!("column {col} has no counterpart in the new schema")),
+            None => {
+                return Err(RefusalReason::Other
+                    .because(format!("column {col} has no counterpart in the new schema")))
+            }
         };
         // The client sees the old column's type (and typmod), whatever the new side stores.
         let expr = match schema.type_of(&m.table, col) {
@@ -90,13 +97,13 @@ pub fn old_shape_select(
     ))
 }
 
-fn parse_query(sql: &str) -> Result<Query, String> {
+fn parse_query(sql: &str) -> Result<Query, Unrewritable> {
     match Parser::parse_sql(&PostgreSqlDialect {}, sql)
-        .map_err(|e| e.to_string())?
+        .map_err(RefusalReason::other)?
         .pop()
     {
         Some(Statement::Query(q)) => Ok(*q),
-        _ => Err("not a query".into()),
+        _ => Err(RefusalReason::Other.because("not a query")),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::pg::SYSTEM_COLUMNS;
 use super::pg::{self, Tok};
+use super::refusal::{RefusalReason, Unrewritable};
 use pg_query::protobuf::{self, Token};
 use pg_query::NodeEnum;
 use std::ops::Range;
@@ -25,20 +26,20 @@ pub struct DmlParts {
 
 /// The parts of a DML statement. `text` is the statement, `offset` where it starts in the text Postgres parsed
 /// (node locations count from there).
-pub fn dml_parts(text: &str, offset: usize, node: &NodeEnum) -> Result<DmlParts, String> {
+pub fn dml_parts(text: &str, offset: usize, node: &NodeEnum) -> Result<DmlParts, Unrewritable> {
     let (relation, with, returning) = match node {
         NodeEnum::InsertStmt(s) => (&s.relation, &s.with_clause, &s.returning_clause),
         NodeEnum::UpdateStmt(s) => (&s.relation, &s.with_clause, &s.returning_clause),
         NodeEnum::DeleteStmt(s) => (&s.relation, &s.with_clause, &s.returning_clause),
-        _ => return Err("not an INSERT, UPDATE or DELETE".into()),
+        _ => return Err(RefusalReason::Other.because("not an INSERT, UPDATE or DELETE")),
     };
-    let unknown = || "the statement's clauses could not be located".to_owned();
+    let unknown = || RefusalReason::other("the statement's clauses could not be located");
     let relation_at = relation
         .as_ref()
         .and_then(|r| usize::try_from(r.location).ok())
         .and_then(|l| l.checked_sub(offset))
         .ok_or_else(unknown)?;
-    let toks = pg::tokens(text)?;
+    let toks = pg::tokens(text).map_err(RefusalReason::other)?;
     let depth = pg::depths(&toks);
     let top = |i: usize| depth[i] == 0;
     let dml = (0..toks.len())
@@ -54,7 +55,7 @@ pub fn dml_parts(text: &str, offset: usize, node: &NodeEnum) -> Result<DmlParts,
         return Err(unknown());
     }
     if returning.as_ref().is_some_and(|r| !r.options.is_empty()) {
-        return Err("RETURNING WITH (…) is not supported".into());
+        return Err(RefusalReason::Returning.because("RETURNING WITH (…) is not supported"));
     }
     let ctes = match with {
         Some(w) => {
@@ -97,21 +98,25 @@ fn item_exprs(
     depth: &[i32],
     items: &[protobuf::Node],
     offset: usize,
-) -> Result<Vec<Range<usize>>, String> {
+) -> Result<Vec<Range<usize>>, Unrewritable> {
     let base = depth.first().copied().unwrap_or(0);
     let mut out = Vec::new();
     let mut at = 0;
     for item in items {
         let Some(NodeEnum::ResTarget(target)) = &item.node else {
-            return Err("a RETURNING item is not a target".into());
+            return Err(RefusalReason::Returning.because("a RETURNING item is not a target"));
         };
         let start = usize::try_from(target.location)
             .ok()
             .and_then(|l| l.checked_sub(offset))
-            .ok_or("a RETURNING item could not be located")?;
+            .ok_or_else(|| {
+                RefusalReason::Returning.because("a RETURNING item could not be located")
+            })?;
         let first = (at..toks.len())
             .find(|&i| toks[i].start == start)
-            .ok_or("a RETURNING item could not be located")?;
+            .ok_or_else(|| {
+                RefusalReason::Returning.because("a RETURNING item could not be located")
+            })?;
         let end = (first..toks.len())
             .find(|&i| depth[i] == base && toks[i].kind == Token::Ascii44)
             .unwrap_or(toks.len());
@@ -119,18 +124,18 @@ fn item_exprs(
         let mut last = end
             .checked_sub(1)
             .filter(|&l| l >= first)
-            .ok_or("empty RETURNING item")?;
+            .ok_or_else(|| RefusalReason::Returning.because("empty RETURNING item"))?;
         if !target.name.is_empty() {
             // `expr AS label` or `expr label`: the alias is one token.
             last = last
                 .checked_sub(1)
                 .filter(|&l| l >= first)
-                .ok_or("bad alias")?;
+                .ok_or_else(|| RefusalReason::Other.because("bad alias"))?;
             if toks[last].kind == Token::As {
                 last = last
                     .checked_sub(1)
                     .filter(|&l| l >= first)
-                    .ok_or("bad alias")?;
+                    .ok_or_else(|| RefusalReason::Other.because("bad alias"))?;
             }
         }
         // Column references, constants and parameters cannot be aggregates or set-returning: nothing to check.
@@ -146,7 +151,7 @@ fn item_exprs(
 }
 
 /// The name the statement gives its target table: its alias, or its bare name.
-pub fn target_alias(node: &NodeEnum) -> Result<String, String> {
+pub fn target_alias(node: &NodeEnum) -> Result<String, Unrewritable> {
     let relation = match node {
         NodeEnum::InsertStmt(s) => &s.relation,
         NodeEnum::UpdateStmt(s) => &s.relation,
@@ -155,7 +160,7 @@ pub fn target_alias(node: &NodeEnum) -> Result<String, String> {
     };
     let relation = relation
         .as_ref()
-        .ok_or("the target table could not be identified")?;
+        .ok_or_else(|| RefusalReason::Other.because("the target table could not be identified"))?;
     Ok(match &relation.alias {
         Some(a) => a.aliasname.clone(),
         None => relation.relname.clone(),
@@ -190,7 +195,7 @@ pub fn outer_returning(
     node: &NodeEnum,
     target: &TargetNames<'_>,
     extras_allowed: bool,
-) -> Result<OuterReturning, String> {
+) -> Result<OuterReturning, Unrewritable> {
     let parts = dml_parts(text, offset, node)?;
     let Some(list_range) = parts.returning.clone() else {
         return Ok(OuterReturning::default());
@@ -199,10 +204,10 @@ pub fn outer_returning(
         NodeEnum::InsertStmt(s) => &s.returning_clause,
         NodeEnum::UpdateStmt(s) => &s.returning_clause,
         NodeEnum::DeleteStmt(s) => &s.returning_clause,
-        _ => return Err("not an INSERT, UPDATE or DELETE".into()),
+        _ => return Err(RefusalReason::Other.because("not an INSERT, UPDATE or DELETE")),
     };
     let items = returning.as_ref().map_or(&[][..], |r| &r.exprs[..]);
-    let toks = pg::tokens(text)?;
+    let toks = pg::tokens(text).map_err(RefusalReason::other)?;
     let quoted = |s: &str| super::sqltext::quote_ident(s);
     let alias = quoted(target.alias);
     let expand = || {
@@ -217,7 +222,7 @@ pub fn outer_returning(
     let mut extras: Vec<String> = Vec::new();
     for item in items {
         let Some(NodeEnum::ResTarget(res)) = &item.node else {
-            return Err("a RETURNING item is not a target".into());
+            return Err(RefusalReason::Returning.because("a RETURNING item is not a target"));
         };
         let Some(val) = res.val.as_ref().and_then(|v| v.node.as_ref()) else {
             continue;
@@ -251,7 +256,8 @@ pub fn outer_returning(
                         && (fields.len() == 1 || fields[0] == Some(target.alias)) =>
                 {
                     if !extras_allowed {
-                        return Err(format!("RETURNING {sys} is not supported here"));
+                        return Err(RefusalReason::Returning
+                            .because(format!("RETURNING {sys} is not supported here")));
                     }
                     let carried = format!("__pgshift_{sys}");
                     let extra = format!("{alias}.{sys} AS {carried}");
@@ -267,9 +273,8 @@ pub fn outer_returning(
                 }
                 [Some(a)] if *a == target.alias && !target.columns.iter().any(|col| col == a) => {
                     if !extras_allowed {
-                        return Err(
-                            "a whole-row reference in RETURNING is not supported here".into()
-                        );
+                        return Err(RefusalReason::Returning
+                            .because("a whole-row reference in RETURNING is not supported here"));
                     }
                     let extra = format!("{alias} AS __pgshift_row");
                     if !extras.contains(&extra) {
@@ -288,23 +293,26 @@ pub fn outer_returning(
                 continue;
             };
             if has_subquery && !matches!(val, NodeEnum::ColumnRef(_)) {
-                return Err("RETURNING with a subquery next to `*`, a system column, a whole-row reference or a three-part name is not supported".into());
+                return Err(RefusalReason::Returning.because("RETURNING with a subquery next to `*`, a system column, a whole-row reference or a three-part name is not supported"));
             }
             let start = usize::try_from(*location)
                 .ok()
                 .and_then(|l| l.checked_sub(offset))
-                .ok_or("a RETURNING column could not be located")?;
-            let first = toks
-                .iter()
-                .position(|t| t.start == start)
-                .ok_or("a RETURNING column could not be located")?;
+                .ok_or_else(|| {
+                    RefusalReason::Returning.because("a RETURNING column could not be located")
+                })?;
+            let first = toks.iter().position(|t| t.start == start).ok_or_else(|| {
+                RefusalReason::Returning.because("a RETURNING column could not be located")
+            })?;
             let last = first + 2 * fields.len() - 2;
             let dots_ok = (first..=last).all(|i| {
                 toks.get(i)
                     .is_some_and(|t| ((i - first) % 2 == 1) == (t.kind == Token::Ascii46))
             });
             if !dots_ok {
-                return Err("a RETURNING column could not be located".into());
+                return Err(
+                    RefusalReason::Returning.because("a RETURNING column could not be located")
+                );
             }
             edits.push((toks[first].start..toks[last].end, replacement));
         }
@@ -367,7 +375,7 @@ pub fn returning_for(
     m: &crate::config::migration::Migration,
     old_cols: &[String],
     extras_allowed: bool,
-) -> Result<OuterReturning, String> {
+) -> Result<OuterReturning, Unrewritable> {
     let alias = target_alias(source.node)?;
     outer_returning(
         source.text,
@@ -388,13 +396,13 @@ pub fn apply(
     text: &str,
     range: Range<usize>,
     mut edits: Vec<(Range<usize>, String)>,
-) -> Result<String, String> {
+) -> Result<String, Unrewritable> {
     edits.sort_by_key(|(r, _)| r.start);
     let mut out = String::with_capacity(range.len() + 64);
     let mut at = range.start;
     for (r, replacement) in edits {
         if r.start < at || r.end > range.end {
-            return Err("overlapping edits".into());
+            return Err(RefusalReason::Other.because("overlapping edits"));
         }
         out.push_str(&text[at..r.start]);
         out.push_str(&replacement);
@@ -451,7 +459,7 @@ mod tests {
         assert!(p.returning_exprs.is_empty());
     }
 
-    fn outer(sql: &str, alias: &str) -> Result<OuterReturning, String> {
+    fn outer(sql: &str, alias: &str) -> Result<OuterReturning, Unrewritable> {
         let stmts = pg::parse(sql).unwrap();
         let s = &stmts[0];
         let cols = ["id".to_owned(), "fullname".to_owned()];

@@ -53,7 +53,7 @@ async fn demo_tour_shifts_reads_when_the_config_is_edited() {
     }
     assert!(psql.unwrap().starts_with("postgres://postgres@127.0.0.1:"));
     let config = config.unwrap();
-    pgshift::demo::rewrite_percentages(&config, 100, 0).unwrap();
+    pgshift::cli::demo::rewrite_percentages(&config, 100, 0).unwrap();
     loop {
         let line = next(&mut lines).await;
         if line.contains("users_v2: 100% configured") && line.contains(" new / 0 old") {

@@ -7,7 +7,7 @@
 
 use crate::raw::{frame, message, query, sqlstate, sync, Raw};
 use crate::support::{cluster, connect, fresh_db, start_proxy, ProxyOptions};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use tokio_postgres::Client;
 
@@ -529,13 +529,8 @@ enum Protocol {
     Extended,
 }
 
-/// The statement's replies, and the pgshift refusal reason if it was refused.
-async fn run(
-    raw: &mut Raw,
-    c: &Case,
-    protocol: &Protocol,
-    tables: &Tables,
-) -> (Vec<String>, Option<String>) {
+/// The statement's replies, and whether pgshift refused it.
+async fn run(raw: &mut Raw, c: &Case, protocol: &Protocol, tables: &Tables) -> (Vec<String>, bool) {
     match protocol {
         Protocol::Simple => raw.send(&query(&c.sql)).await,
         Protocol::Extended => {
@@ -561,19 +556,14 @@ async fn run(
         }
     }
     let mut lines: Vec<String> = Vec::new();
-    let mut refusal = None;
+    let mut refused = false;
     for (tag, body) in raw.read_until_ready().await {
         if tag == b'N' || tag == b'S' {
             continue;
         }
         if tag == b'E' {
-            let text = message(&body);
-            if let Some(rest) =
-                text.strip_prefix("pgshift cannot rewrite this statement for migration ")
-            {
-                let reason = rest.split_once(": ").map_or(rest, |(_, r)| r);
-                refusal = Some(pgshift::rewrite::reason_code(reason).to_owned());
-            }
+            refused |=
+                message(&body).starts_with("pgshift cannot rewrite this statement for migration ");
         }
         lines.push(describe_with(tag, &body, tables));
     }
@@ -586,7 +576,26 @@ async fn run(
             i += run.max(1);
         }
     }
-    (lines, refusal)
+    (lines, refused)
+}
+
+/// `pgshift_statements_refused_total` by reason, summed over migrations.
+async fn refusals_counted(metrics: std::net::SocketAddr) -> HashMap<String, u64> {
+    let (_, body) = crate::support::http_get(metrics, "/metrics").await;
+    let mut out = HashMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("pgshift_statements_refused_total{") else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ").expect("a sample has a value");
+        let reason = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("reason=\""))
+            .expect("a reason label")
+            .trim_end_matches('"');
+        *out.entry(reason.to_owned()).or_default() += value.parse::<u64>().expect("a count");
+    }
+    out
 }
 
 /// The first column of every row, as text.
@@ -689,6 +698,7 @@ async fn one_configuration(
     .await;
     let mut d = Raw::login(cluster().addr().parse().unwrap(), &direct_db).await;
     let mut p = Raw::login(proxy.addr, &proxied_db).await;
+    let mut counted = refusals_counted(proxy.metrics_addr).await;
     for c in cases {
         if matches!(protocol, Protocol::Simple) && !c.params.is_empty() {
             continue;
@@ -699,7 +709,19 @@ async fn one_configuration(
             raw.read_until_ready().await;
         }
         let (want, _) = run(&mut d, c, &protocol, &direct_tables).await;
-        let (got, refusal) = run(&mut p, c, &protocol, &proxied_tables).await;
+        let (got, refused) = run(&mut p, c, &protocol, &proxied_tables).await;
+        // The reason is the metric label pgshift counted the refusal under, as an operator sees it.
+        let refusal = if refused {
+            let now = refusals_counted(proxy.metrics_addr).await;
+            let grown = now
+                .iter()
+                .find(|(reason, n)| counted.get(*reason).copied().unwrap_or(0) < **n)
+                .map_or_else(|| "not counted".to_owned(), |(reason, _)| reason.clone());
+            counted = now;
+            Some(grown)
+        } else {
+            None
+        };
         let failed = want.iter().chain(&got).any(|l| l.starts_with("E "));
         let context = format!("[{writes} {percent}% {name}] {:?} {:?}", c.sql, c.params);
         match &refusal {

@@ -2,7 +2,7 @@
 
 use crate::raw::{message, query, sqlstate, Raw};
 use crate::support::{cluster, connect, fresh_db, http_get, proxy, start_proxy, ProxyOptions};
-use pgshift::pgcluster::free_port;
+use pgshift::cli::demo::cluster::free_port;
 use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;

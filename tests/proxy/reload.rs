@@ -183,8 +183,8 @@ async fn kubernetes_configmap_symlink_swap_is_seen() {
 async fn sighup_reloads_the_running_binary() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgshift.toml");
-    let port = pgshift::pgcluster::free_port();
-    let mport = pgshift::pgcluster::free_port();
+    let port = pgshift::cli::demo::cluster::free_port();
+    let mport = pgshift::cli::demo::cluster::free_port();
     let text = |rules: &str| {
         format!(
             "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\naddr = \"{}\"\n[metrics]\naddr = \"127.0.0.1:{mport}\"\n{}",

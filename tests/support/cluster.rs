@@ -1,7 +1,7 @@
 //! The throwaway PostgreSQL cluster shared by every test in the binary (TLS, password roles), a fresh database
 //! per test, and the server's client tools.
 
-use pgshift::pgcluster::{Cluster, Options};
+use pgshift::cli::demo::cluster::{Cluster, Options};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use tokio_postgres::{Client, NoTls};
@@ -108,7 +108,7 @@ pub fn cluster() -> &'static Cluster {
 }
 
 fn tool_path(name: &str) -> PathBuf {
-    let candidate = pgshift::pgcluster::find_bin_dir()
+    let candidate = pgshift::cli::demo::cluster::find_bin_dir()
         .map(|dir| dir.join(name))
         .unwrap_or_default();
     if candidate.is_file() {

@@ -2,10 +2,12 @@
 //! two sample migrations in dual-write, a small application workload through the proxy, and a live view of
 //! reads per route and dual writes that changes as you edit the demo's config file.
 
+pub mod cluster;
+
 use crate::config::reload::ConfigHandle;
 use crate::config::{Config, Overrides};
-use crate::pgcluster::{Cluster, Options};
 use crate::server;
+use cluster::{Cluster, Options};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +15,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Cluster(#[from] crate::pgcluster::ClusterError),
+    Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("{0} (pick other addresses with --listen / --metrics)")]
