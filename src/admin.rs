@@ -31,6 +31,36 @@ pub async fn connect(dsn: &str) -> Result<Client, AdminError> {
     Ok(client)
 }
 
+/// pgshift's control connection: `dsn` without a password, which comes from `PGPASSWORD` or `password_file`
+/// (a mounted secret), never from the config text. The user defaults to `PGUSER`, then the OS user, as psql's.
+pub async fn connect_control(
+    dsn: &str,
+    password_file: Option<&std::path::Path>,
+) -> Result<Client, AdminError> {
+    let fail = |cause: String| AdminError::Connect {
+        dsn: redact(dsn),
+        cause,
+    };
+    let mut config: tokio_postgres::Config = dsn.parse().map_err(|e| fail(cause(&e)))?;
+    if config.get_password().is_none() {
+        if let Ok(password) = std::env::var("PGPASSWORD") {
+            config.password(password);
+        } else if let Some(file) = password_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| fail(format!("cannot read {}: {e}", file.display())))?;
+            config.password(text.trim_end_matches(['\n', '\r']));
+        }
+    }
+    if config.get_user().is_none() {
+        if let Ok(user) = std::env::var("PGUSER").or_else(|_| std::env::var("USER")) {
+            config.user(user);
+        }
+    }
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| fail(cause(&e)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 /// What went wrong, down to the root: the server's own message (`database "nodb" does not exist`) or the OS
 /// error, not only tokio-postgres's summary (`db error`, `error connecting to server`).
 pub fn cause(e: &tokio_postgres::Error) -> String {

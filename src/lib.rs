@@ -6,6 +6,7 @@
 //! the operator commands (`serve`, `check`, `rewrite`, `demo` with its throwaway cluster).
 
 pub mod admin;
+pub mod backfill;
 pub mod cli;
 pub mod config;
 pub mod error;

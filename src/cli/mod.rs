@@ -1,9 +1,12 @@
 //! The `pgshift` command line: one file per command. Each returns a typed [`CliError`]; `main` prints it.
 
+mod backfill;
 mod check;
+mod control;
 pub mod demo;
 mod rewrite;
 mod serve;
+mod verify;
 
 use crate::admin::AdminError;
 use crate::config::ConfigError;
@@ -57,6 +60,36 @@ pub enum Cmd {
         /// The SQL, as the application sends it.
         sql: String,
     },
+    /// Copy a migration's existing rows to the side the dual write keeps (new under dual_write, old under
+    /// new_primary), in key order, resumable. Exit 0 when done, 2 on error.
+    Backfill {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The migration's name in the config.
+        #[arg(long)]
+        migration: String,
+        /// The database (default: [control] dsn); the password comes from PGPASSWORD or control.password_file.
+        #[arg(long)]
+        dsn: Option<String>,
+        #[command(flatten)]
+        limits: backfill::LimitArgs,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: control::Format,
+    },
+    /// Compare a migration's two sides row by row; with --repair, make the target what the source says.
+    /// Exit 0 when clean, 1 when differences remain, 2 on error.
+    Verify {
+        #[arg(short, long)]
+        config: PathBuf,
+        #[arg(long)]
+        migration: String,
+        #[arg(long)]
+        dsn: Option<String>,
+        #[arg(long)]
+        repair: bool,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: control::Format,
+    },
     /// Start a throwaway PostgreSQL cluster with pgshift in front of it, until Ctrl-C or SIGTERM.
     Demo {
         /// Address pgshift listens on.
@@ -101,11 +134,32 @@ pub enum CliError {
     Demo(#[from] DemoError),
     #[error("cannot install the signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("no migration named \"{name}\" in the config (it has: {})", known.join(", "))]
+    NoMigration { name: String, known: Vec<String> },
+    #[error("give --dsn or set [control] dsn in the config")]
+    NoDsn,
+    #[error(transparent)]
+    Copy(#[from] crate::backfill::CopyError),
+    #[error("migration \"{migration}\": {count} difference(s) remain")]
+    Differences { migration: String, count: i64 },
+    /// An operator command that reports differences with status 1 failed otherwise.
+    #[error(transparent)]
+    Failed(Box<CliError>),
     #[error("the live catalog does not match {migrations} migration(s):\n  - {}", problems.join("\n  - "))]
     Catalog {
         migrations: usize,
         problems: Vec<String>,
     },
+}
+
+impl CliError {
+    /// 1 for most failures and for differences `verify` found; 2 when `backfill` or `verify` could not finish.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Failed(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 /// Runs one command to its end.
@@ -119,6 +173,25 @@ pub async fn run(command: Cmd) -> Result<(), CliError> {
             dsn,
             sql,
         } => rewrite::run(&config, route.as_deref(), dsn.as_deref(), &sql).await,
+        Cmd::Backfill {
+            config,
+            migration,
+            dsn,
+            limits,
+            format,
+        } => backfill::run(&config, &migration, dsn.as_deref(), &limits, format)
+            .await
+            .map_err(|e| CliError::Failed(Box::new(e))),
+        Cmd::Verify {
+            config,
+            migration,
+            dsn,
+            repair,
+            format,
+        } => match verify::run(&config, &migration, dsn.as_deref(), repair, format).await {
+            Err(e @ CliError::Differences { .. }) => Err(e),
+            other => other.map_err(|e| CliError::Failed(Box::new(e))),
+        },
         Cmd::Demo {
             listen,
             metrics,

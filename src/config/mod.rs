@@ -5,6 +5,7 @@ pub mod model;
 pub mod reload;
 
 use migration::Migration;
+pub use model::{BackfillSection, ControlSection};
 use model::{ClientTlsMode, LogSection, RawConfig, TimeoutsSection, UpstreamTlsMode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub timeouts: TimeoutsSection,
     pub log: LogSection,
+    pub control: ControlSection,
     pub migrations: Vec<Migration>,
     /// Content hash of the file this came from, shown in logs so a fleet can be seen to agree.
     pub epoch: String,
@@ -199,7 +201,7 @@ fn toml_string(s: &str) -> String {
 }
 
 /// Validates the whole file at once, so the operator sees every problem in one go. Each message names its key.
-fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<String>> {
+fn validate(mut raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<String>> {
     let mut problems = Vec::new();
     let migrations = validate_migrations(raw.migrations, text, &mut problems);
 
@@ -266,6 +268,8 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<Strin
         ));
     }
 
+    validate_control(&mut raw.control, base, &mut problems);
+
     match (listen_addr, target) {
         (Some(listen_addr), Some(target)) if problems.is_empty() => Ok(Config {
             listen_addr,
@@ -279,10 +283,38 @@ fn validate(raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<Strin
             metrics_addr,
             timeouts: raw.timeouts,
             log: raw.log,
+            control: raw.control,
             migrations,
             epoch: epoch_of(text),
         }),
         _ => Err(problems),
+    }
+}
+
+/// `[control]`: no password in the config text; an existing password file; sane backfill limits.
+fn validate_control(control: &mut ControlSection, base: &Path, problems: &mut Vec<String>) {
+    for (key, dsn) in [
+        ("control.dsn", &control.dsn),
+        ("control.replica_dsn", &control.replica_dsn),
+    ] {
+        if dsn.as_deref().is_some_and(|d| crate::admin::redact(d) != d) {
+            problems.push(format!(
+                "{key} must not hold a password: give it in PGPASSWORD or control.password_file"
+            ));
+        }
+    }
+    if let Some(path) = control.password_file.as_mut() {
+        *path = existing_file("control.password_file", base, path, problems);
+    }
+    let b = &control.backfill;
+    if b.min_rows == 0 || b.min_rows > b.max_rows {
+        problems.push(format!(
+            "control.backfill.min_rows ({}) must be at least 1 and at most max_rows ({})",
+            b.min_rows, b.max_rows
+        ));
+    }
+    if b.batch_time.is_zero() {
+        problems.push("control.backfill.batch_time must be greater than zero".to_owned());
     }
 }
 

@@ -18,6 +18,8 @@ pub struct RawConfig {
     pub timeouts: TimeoutsSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub control: ControlSection,
     #[serde(default, rename = "migration")]
     pub migrations: Vec<super::migration::RawMigration>,
 }
@@ -134,6 +136,78 @@ impl Default for TimeoutsSection {
             drain: default_drain_timeout(),
         }
     }
+}
+
+/// pgshift's own connection for operator work (backfill, verify, their progress on `/status`). Never on the
+/// data path. The password comes from `PGPASSWORD` or `password_file`, never from the config text.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSection {
+    pub dsn: Option<String>,
+    /// A file holding the password (e.g. a mounted secret); its trailing newline is ignored.
+    pub password_file: Option<PathBuf>,
+    /// A replica whose replay lag throttles the backfill; without it, `pg_stat_replication` of the primary.
+    pub replica_dsn: Option<String>,
+    #[serde(default)]
+    pub backfill: BackfillSection,
+}
+
+/// Backfill limits; re-read on SIGHUP while a backfill runs. Command-line flags override them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSection {
+    /// Target duration of one batch; the row count adapts to it within `min_rows`..`max_rows`.
+    #[serde(default = "default_batch_time", with = "humantime_serde")]
+    pub batch_time: Duration,
+    #[serde(default = "default_min_rows")]
+    pub min_rows: u64,
+    #[serde(default = "default_max_rows")]
+    pub max_rows: u64,
+    /// Pause while replication lag exceeds this.
+    #[serde(default = "default_max_lag", with = "humantime_serde")]
+    pub max_lag: Duration,
+    /// Rows per second at most (0: unlimited).
+    #[serde(default)]
+    pub max_rate: u64,
+    /// `lock_timeout` of each batch; a batch that times out is retried with backoff.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// `statement_timeout` of each batch.
+    #[serde(default = "default_statement_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for BackfillSection {
+    fn default() -> Self {
+        BackfillSection {
+            batch_time: default_batch_time(),
+            min_rows: default_min_rows(),
+            max_rows: default_max_rows(),
+            max_lag: default_max_lag(),
+            max_rate: 0,
+            lock_timeout: default_lock_timeout(),
+            statement_timeout: default_statement_timeout(),
+        }
+    }
+}
+
+fn default_batch_time() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_min_rows() -> u64 {
+    100
+}
+fn default_max_rows() -> u64 {
+    50_000
+}
+fn default_max_lag() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_statement_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]

@@ -28,33 +28,56 @@ pub fn old_shape_select(
     schema: &Schema,
     from_override: Option<&str>,
 ) -> Result<String, Unrewritable> {
+    let items: Vec<String> = old_shape_columns(m, schema)?
+        .into_iter()
+        .map(|(col, expr)| {
+            if expr == quote_ident(&col) {
+                expr
+            } else {
+                format!("{expr} AS {}", quote_ident(&col))
+            }
+        })
+        .collect();
+    let from = match m.kind {
+        MigrationKind::Table => {
+            let new = m.new_table.as_ref().expect("table kind has new_table");
+            format!("{}.{}", quote_ident(&new.schema), quote_ident(&new.name))
+        }
+        MigrationKind::Column => format!(
+            "{}.{}",
+            quote_ident(&m.table.schema),
+            quote_ident(&m.table.name)
+        ),
+    };
+    Ok(format!(
+        "SELECT {} FROM {}",
+        items.join(", "),
+        from_override.unwrap_or(&from)
+    ))
+}
+
+/// Each old column with the expression over new-side columns that gives its value, in the old column's type:
+/// the `down` direction of the mapping, shared by routed reads, `new_primary` writes, backfill and verify.
+pub fn old_shape_columns(
+    m: &Migration,
+    schema: &Schema,
+) -> Result<Vec<(String, String)>, Unrewritable> {
     let old_cols = schema.columns.get(&m.table).ok_or_else(|| {
         RefusalReason::ColumnsUnknown.because(format!(
             "the columns of {} are not known in this session",
             m.table
         ))
     })?;
-    let (from, new_cols) = match m.kind {
+    let new_cols = match m.kind {
         MigrationKind::Table => {
             let new = m.new_table.as_ref().expect("table kind has new_table");
-            let cols = schema.columns.get(new).ok_or_else(|| {
+            schema.columns.get(new).ok_or_else(|| {
                 RefusalReason::ColumnsUnknown.because(format!(
                     "the columns of {new} are not known in this session"
                 ))
-            })?;
-            (
-                format!("{}.{}", quote_ident(&new.schema), quote_ident(&new.name)),
-                cols,
-            )
+            })?
         }
-        MigrationKind::Column => (
-            format!(
-                "{}.{}",
-                quote_ident(&m.table.schema),
-                quote_ident(&m.table.name)
-            ),
-            old_cols,
-        ),
+        MigrationKind::Column => old_cols,
     };
     let new_table = match m.kind {
         MigrationKind::Table => m.new_table.as_ref().expect("table kind has new_table"),
@@ -84,17 +107,9 @@ pub fn old_shape_select(
             }
             _ => expr,
         };
-        if expr == quote_ident(col) {
-            items.push(expr);
-        } else {
-            items.push(format!("{expr} AS {}", quote_ident(col)));
-        }
+        items.push((col.clone(), expr));
     }
-    Ok(format!(
-        "SELECT {} FROM {}",
-        items.join(", "),
-        from_override.unwrap_or(&from)
-    ))
+    Ok(items)
 }
 
 fn parse_query(sql: &str) -> Result<Query, Unrewritable> {

@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod backfill;
 mod cli;
 mod clients;
 mod demo;

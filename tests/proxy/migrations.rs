@@ -24,7 +24,7 @@ pub(crate) fn users_migration(writes: &str, reads: &str) -> String {
     )
 }
 
-fn orders_migration(writes: &str, reads: &str) -> String {
+pub(crate) fn orders_migration(writes: &str, reads: &str) -> String {
     format!(
         "[[migration]]\nname = \"orders_status\"\nkind = \"column\"\ntable = \"orders\"\nkey = [\"id\"]\n\
          columns = [{{ old = \"legacy_status\", new = \"new_status\", up = \"upper(legacy_status)\", down = \"lower(new_status)\" }}]\n\
@@ -45,7 +45,7 @@ pub(crate) async fn setup(name: &str, migrations: String) -> (String, Proxy, Cli
 }
 
 /// Old and new must hold the same rows (through the column map).
-async fn assert_mirrored(direct: &Client) -> usize {
+pub(crate) async fn assert_mirrored(direct: &Client) -> usize {
     let rows = |sql: &'static str| async move {
         direct
             .query(sql, &[])
@@ -481,10 +481,10 @@ async fn reads_routed_to_new_keep_the_old_shape() {
 }
 
 /// A small deterministic generator, so a failing run can be replayed.
-struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
+    pub(crate) fn next(&mut self, n: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)

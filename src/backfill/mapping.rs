@@ -1,0 +1,606 @@
+//! The SQL of backfill, verify and repair for one migration, from the rewriter's own mapping: the same
+//! `up`/`down` expressions and column lists the dual write uses ([`builders::mirror_columns`],
+//! [`read_route::old_shape_columns`]), so there is one definition of what the other side must hold.
+//!
+//! Pure text: every statement takes its batch size and keys as parameters (keys as text, cast to the key's
+//! type), so the loop around it only binds values.
+
+use crate::config::migration::{Migration, MigrationKind, WriteMode};
+use crate::rewrite::builders::{mirror_columns, new_key, table_text};
+use crate::rewrite::read_route::old_shape_columns;
+use crate::rewrite::sqltext::quote_ident;
+use crate::rewrite::{RefusalReason, Schema, Unrewritable};
+
+/// Which side is the source of truth: old while the dual write runs, new under `new_primary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    OldToNew,
+    NewToOld,
+}
+
+impl Direction {
+    pub fn of(m: &Migration) -> Direction {
+        match m.writes {
+            WriteMode::NewPrimary => Direction::NewToOld,
+            _ => Direction::OldToNew,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::OldToNew => "old_to_new",
+            Direction::NewToOld => "new_to_old",
+        }
+    }
+}
+
+/// One column the target must hold: its name, the expression over a source row that gives it, its type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub expr: String,
+    pub ty: String,
+}
+
+/// What copying one migration means, in SQL terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub kind: MigrationKind,
+    pub direction: Direction,
+    pub source: String,
+    /// The same table as `source` for the column kind.
+    pub target: String,
+    /// Key columns of the source, with their types, in key order.
+    pub source_key: Vec<(String, String)>,
+    /// The same key on the target.
+    pub target_key: Vec<String>,
+    pub columns: Vec<Column>,
+}
+
+const BATCH: &str = "__pgshift_batch";
+
+fn k(i: usize) -> String {
+    format!("__pgshift_k{i}")
+}
+
+fn c(i: usize) -> String {
+    format!("__pgshift_c{i}")
+}
+
+impl Mapping {
+    pub fn of(m: &Migration, schema: &Schema) -> Result<Mapping, Unrewritable> {
+        let direction = Direction::of(m);
+        let type_of = |table: &crate::config::migration::TableName, col: &str| {
+            schema
+                .type_of(table, col)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    RefusalReason::ColumnsUnknown
+                        .because(format!("the type of {table}.{col} is not known"))
+                })
+        };
+        let old = &m.table;
+        let (source, target, source_key, target_key, columns) = match (m.kind, direction) {
+            (MigrationKind::Table, dir) => {
+                let new = m.new_table.as_ref().expect("table kind has new_table");
+                let new_keys = new_key(m);
+                let (src, tgt, src_key, tgt_key, pairs) = match dir {
+                    Direction::OldToNew => (
+                        old,
+                        new,
+                        m.key.clone(),
+                        new_keys,
+                        mirror_columns(m, schema)?,
+                    ),
+                    Direction::NewToOld => (
+                        new,
+                        old,
+                        new_keys,
+                        m.key.clone(),
+                        old_shape_columns(m, schema)?,
+                    ),
+                };
+                let columns = pairs
+                    .into_iter()
+                    .map(|(name, expr)| {
+                        Ok(Column {
+                            ty: type_of(tgt, &name)?,
+                            name,
+                            expr,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Unrewritable>>()?;
+                (src, tgt, src_key, tgt_key, columns)
+            }
+            (MigrationKind::Column, dir) => {
+                let columns = m
+                    .columns
+                    .iter()
+                    .map(|map| {
+                        let (name, from, expr) = match dir {
+                            Direction::OldToNew => (&map.new, &map.old, &map.up),
+                            Direction::NewToOld => (&map.old, &map.new, &map.down),
+                        };
+                        let name = name.to_lowercase();
+                        let expr = expr.as_ref().map_or_else(
+                            || quote_ident(&from.to_lowercase()),
+                            |e| format!("({e})"),
+                        );
+                        Ok(Column {
+                            ty: type_of(old, &name)?,
+                            name,
+                            expr,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Unrewritable>>()?;
+                (old, old, m.key.clone(), m.key.clone(), columns)
+            }
+        };
+        let source_key = source_key
+            .into_iter()
+            .map(|key| type_of(source, &key).map(|ty| (key, ty)))
+            .collect::<Result<Vec<_>, Unrewritable>>()?;
+        Ok(Mapping {
+            kind: m.kind,
+            direction,
+            source: table_text(source),
+            target: table_text(target),
+            source_key,
+            target_key,
+            columns,
+        })
+    }
+
+    /// A short hash of everything that decides what the target holds: a checkpoint taken under another
+    /// mapping is not resumed.
+    pub fn fingerprint(&self) -> String {
+        let text = format!("{self:?}");
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in text.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{hash:016x}")
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.source_key
+            .iter()
+            .map(|(k, _)| quote_ident(k))
+            .collect()
+    }
+
+    /// `ROW(k1, k2) > ROW(CAST($n::text AS t1), …)` over `columns` (the source's key, or the target's), or
+    /// `true` for the first batch. Parameters from `$first`.
+    fn after(&self, columns: &[String], first: usize, resume: bool) -> String {
+        if !resume {
+            return "true".to_owned();
+        }
+        let bounds: Vec<String> = self
+            .source_key
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| format!("CAST(${}::text AS {ty})", first + i))
+            .collect();
+        format!("ROW({}) > ROW({})", columns.join(", "), bounds.join(", "))
+    }
+
+    /// `ARRAY[k0::text, …]` of the last row of `from` in key order.
+    fn last_key(&self, from: &str) -> String {
+        let n = self.source_key.len();
+        let texts: Vec<String> = (0..n).map(|i| format!("{}::text", k(i))).collect();
+        let order: Vec<String> = (0..n).map(|i| format!("{} DESC", k(i))).collect();
+        format!(
+            "(SELECT ARRAY[{}] FROM {from} ORDER BY {} LIMIT 1)",
+            texts.join(", "),
+            order.join(", ")
+        )
+    }
+
+    fn key_aliases(&self, qualifier: &str) -> String {
+        self.keys()
+            .iter()
+            .enumerate()
+            .map(|(i, key)| format!("{qualifier}{key} AS {}", k(i)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// `INSERT INTO target … SELECT exprs FROM from ON CONFLICT (key) DO UPDATE … WHERE changed`: writes
+    /// only rows that differ, so a second run changes nothing.
+    fn upsert(&self, from: &str) -> String {
+        let names: Vec<String> = self.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        let exprs: Vec<&str> = self.columns.iter().map(|c| c.expr.as_str()).collect();
+        let key: Vec<String> = self.target_key.iter().map(|k| quote_ident(k)).collect();
+        let rest: Vec<&String> = names.iter().filter(|n| !key.contains(n)).collect();
+        let action = if rest.is_empty() {
+            "DO NOTHING".to_owned()
+        } else {
+            let sets: Vec<String> = rest.iter().map(|n| format!("{n} = EXCLUDED.{n}")).collect();
+            let mine: Vec<String> = rest.iter().map(|n| format!("__pgshift_t.{n}")).collect();
+            let theirs: Vec<String> = rest.iter().map(|n| format!("EXCLUDED.{n}")).collect();
+            format!(
+                "DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})",
+                sets.join(", "),
+                mine.join(", "),
+                theirs.join(", ")
+            )
+        };
+        format!(
+            "INSERT INTO {} AS __pgshift_t ({}) SELECT {} FROM {from} ON CONFLICT ({}) {action}",
+            self.target,
+            names.join(", "),
+            exprs.join(", "),
+            key.join(", ")
+        )
+    }
+
+    /// `UPDATE table SET c = expr … FROM keys WHERE key matches AND changed` (column kind).
+    fn update_from(&self, from: &str) -> String {
+        let sets: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{} = {}", quote_ident(&c.name), c.expr))
+            .collect();
+        let matches: Vec<String> = self
+            .keys()
+            .iter()
+            .enumerate()
+            .map(|(i, key)| format!("__pgshift_t.{key} = {from}.{}", k(i)))
+            .collect();
+        format!(
+            "UPDATE {} AS __pgshift_t SET {} FROM {from} WHERE {} AND {}",
+            self.target,
+            sets.join(", "),
+            matches.join(" AND "),
+            self.differs("__pgshift_t.")
+        )
+    }
+
+    /// `ROW(c, …) IS DISTINCT FROM ROW(CAST((expr) AS type), …)` for the column kind, over one row.
+    fn differs(&self, qualifier: &str) -> String {
+        let mine: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("{qualifier}{}", quote_ident(&c.name)))
+            .collect();
+        let wanted: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| format!("CAST(({}) AS {})", c.expr, c.ty))
+            .collect();
+        format!(
+            "ROW({}) IS DISTINCT FROM ROW({})",
+            mine.join(", "),
+            wanted.join(", ")
+        )
+    }
+
+    /// One backfill batch: the next `$1` source rows after the key in `$2…` (none when `resume` is false),
+    /// written to the target as the dual write would, in one statement. Returns (rows read, rows written,
+    /// last key as text[]).
+    ///
+    /// Source rows are locked `FOR SHARE` (table kind) and the column kind's UPDATE locks what it writes, so
+    /// a concurrent update or delete through pgshift either commits before (and the batch reads its result:
+    /// a deleted row is skipped, never resurrected) or waits for the batch and then mirrors over it.
+    pub fn batch_sql(&self, resume: bool) -> String {
+        let keys = self.keys();
+        let after = self.after(&keys, 2, resume);
+        let order = keys.join(", ");
+        let (batch, write) = match self.kind {
+            MigrationKind::Table => (
+                format!(
+                    "SELECT *, {} FROM {} WHERE {after} ORDER BY {order} LIMIT $1 FOR SHARE",
+                    self.key_aliases(""),
+                    self.source
+                ),
+                self.upsert(BATCH),
+            ),
+            MigrationKind::Column => (
+                format!(
+                    "SELECT {} FROM {} WHERE {after} ORDER BY {order} LIMIT $1",
+                    self.key_aliases(""),
+                    self.source
+                ),
+                self.update_from(BATCH),
+            ),
+        };
+        format!(
+            "WITH {BATCH} AS MATERIALIZED ({batch}), __pgshift_written AS ({write} RETURNING 1) \
+             SELECT (SELECT count(*) FROM {BATCH}), (SELECT count(*) FROM __pgshift_written), {}",
+            self.last_key(BATCH)
+        )
+    }
+
+    /// Target rows in a key range whose source row does not exist, locked (table kind). The range is after
+    /// the key in the first parameters (when `lower`) and up to the key in the next ones (when `upper`).
+    ///
+    /// A batch can copy a row that a client statement begun before the batch committed then deletes: the
+    /// client's mirrored delete reads the target with its older snapshot and misses the copy. Once those
+    /// statements are over, this finds such rows; [`Mapping::repair_sql`] then removes them.
+    pub fn orphans_sql(&self, lower: bool, upper: bool) -> String {
+        let n = self.source_key.len();
+        let target_keys: Vec<String> = self
+            .target_key
+            .iter()
+            .map(|t| format!("__pgshift_t.{}", quote_ident(t)))
+            .collect();
+        let bounds = |first: usize| -> String {
+            self.source_key
+                .iter()
+                .enumerate()
+                .map(|(i, (_, ty))| format!("CAST(${}::text AS {ty})", first + i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut conditions = Vec::new();
+        if lower {
+            conditions.push(format!(
+                "ROW({}) > ROW({})",
+                target_keys.join(", "),
+                bounds(1)
+            ));
+        }
+        if upper {
+            let first = if lower { n + 1 } else { 1 };
+            conditions.push(format!(
+                "ROW({}) <= ROW({})",
+                target_keys.join(", "),
+                bounds(first)
+            ));
+        }
+        let same: Vec<String> = self
+            .keys()
+            .iter()
+            .zip(&target_keys)
+            .map(|(s, t)| format!("__pgshift_s.{s} = {t}"))
+            .collect();
+        conditions.push(format!(
+            "NOT EXISTS (SELECT 1 FROM {} AS __pgshift_s WHERE {})",
+            self.source,
+            same.join(" AND ")
+        ));
+        let texts: Vec<String> = target_keys.iter().map(|t| format!("{t}::text")).collect();
+        format!(
+            "SELECT ARRAY[{}] FROM {} AS __pgshift_t WHERE {} FOR UPDATE OF __pgshift_t",
+            texts.join(", "),
+            self.target,
+            conditions.join(" AND ")
+        )
+    }
+
+    /// Whether any source row lies after the key in `$1…` (an empty locked batch may only mean its rows were
+    /// deleted meanwhile).
+    pub fn more_sql(&self) -> String {
+        let after = self.after(&self.keys(), 1, true);
+        format!(
+            "SELECT EXISTS (SELECT 1 FROM {} WHERE {after})",
+            self.source
+        )
+    }
+
+    /// Source rows (estimate) for progress and ETA.
+    pub fn estimate_sql(&self) -> String {
+        format!(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = '{}'::regclass",
+            self.source.replace('\'', "''")
+        )
+    }
+
+    /// One verify chunk, in one statement (one snapshot): the next `$1` source rows after the key in `$2…`
+    /// compared inside Postgres with the target rows of the same key range. Returns rows of (kind, key as
+    /// text[], n): one per difference (`missing`, `extra`, `different`) and one `chunk` row with the chunk's
+    /// last key and row count. Only differing keys travel, never values.
+    pub fn verify_sql(&self, resume: bool) -> String {
+        let keys = self.keys();
+        let n = keys.len();
+        let order = keys.join(", ");
+        let after = self.after(&keys, 2, resume);
+        let last = self.last_key("__pgshift_s");
+        match self.kind {
+            MigrationKind::Column => format!(
+                "WITH __pgshift_s AS MATERIALIZED (SELECT {}, {} AS __pgshift_differs FROM {} WHERE {after} \
+                 ORDER BY {order} LIMIT $1) \
+                 SELECT 'different'::text, ARRAY[{}], 0::bigint FROM __pgshift_s WHERE __pgshift_differs \
+                 UNION ALL SELECT 'chunk', {last}, (SELECT count(*) FROM __pgshift_s)",
+                self.key_aliases(""),
+                self.differs(""),
+                self.source,
+                (0..n).map(|i| format!("{}::text", k(i))).collect::<Vec<_>>().join(", "),
+            ),
+            MigrationKind::Table => {
+                let target_keys: Vec<String> =
+                    self.target_key.iter().map(|t| quote_ident(t)).collect();
+                let target_after = self.after(&target_keys, 2, resume);
+                let source_cols: Vec<String> = self
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| format!("CAST(({}) AS {}) AS {}", col.expr, col.ty, c(i)))
+                    .collect();
+                let target_cols: Vec<String> = self
+                    .columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| format!("{} AS {}", quote_ident(&col.name), c(i)))
+                    .collect();
+                let target_aliases: Vec<String> = target_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| format!("{key} AS {}", k(i)))
+                    .collect();
+                let bound: Vec<String> = (0..n).map(k).collect();
+                let on: Vec<String> = (0..n)
+                    .map(|i| format!("s.{0} = t.{0}", k(i)))
+                    .collect();
+                let key_text: Vec<String> = (0..n)
+                    .map(|i| format!("coalesce(s.{0}, t.{0})::text", k(i)))
+                    .collect();
+                let s_cols: Vec<String> = (0..self.columns.len()).map(|i| format!("s.{}", c(i))).collect();
+                let t_cols: Vec<String> = (0..self.columns.len()).map(|i| format!("t.{}", c(i))).collect();
+                format!(
+                    "WITH __pgshift_s AS MATERIALIZED (SELECT {}, {} FROM {} WHERE {after} ORDER BY {order} LIMIT $1), \
+                     __pgshift_n AS (SELECT count(*) AS n FROM __pgshift_s), \
+                     __pgshift_last AS (SELECT {} FROM __pgshift_s ORDER BY {} LIMIT 1), \
+                     __pgshift_t AS MATERIALIZED (SELECT {}, {} FROM {} WHERE {target_after} AND \
+                     ((SELECT n FROM __pgshift_n) < $1 OR ROW({}) <= (SELECT {} FROM __pgshift_last))) \
+                     SELECT CASE WHEN t.{k0} IS NULL THEN 'missing' WHEN s.{k0} IS NULL THEN 'extra' ELSE 'different' END, \
+                     ARRAY[{}], 0::bigint FROM __pgshift_s s FULL JOIN __pgshift_t t ON {} \
+                     WHERE s.{k0} IS NULL OR t.{k0} IS NULL OR ROW({}) IS DISTINCT FROM ROW({}) \
+                     UNION ALL SELECT 'chunk', {last}, (SELECT n FROM __pgshift_n)",
+                    self.key_aliases(""),
+                    source_cols.join(", "),
+                    self.source,
+                    bound.join(", "),
+                    bound.iter().map(|b| format!("{b} DESC")).collect::<Vec<_>>().join(", "),
+                    target_aliases.join(", "),
+                    target_cols.join(", "),
+                    self.target,
+                    target_keys.join(", "),
+                    bound.join(", "),
+                    key_text.join(", "),
+                    on.join(" AND "),
+                    s_cols.join(", "),
+                    t_cols.join(", "),
+                    k0 = k(0),
+                )
+            }
+        }
+    }
+
+    /// Repairs the given keys (one text[] parameter per key column, `$1…`): each target row is made what
+    /// the source says — written where the source has the row, deleted where it has not. Returns (rows
+    /// written, rows deleted).
+    pub fn repair_sql(&self) -> String {
+        let n = self.source_key.len();
+        let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+        let casts: Vec<String> = self
+            .source_key
+            .iter()
+            .enumerate()
+            .map(|(i, (_, ty))| format!("CAST(u{i} AS {ty}) AS {}", k(i)))
+            .collect();
+        let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        let wanted = format!(
+            "__pgshift_keys AS (SELECT {} FROM unnest({}) AS u({}))",
+            casts.join(", "),
+            arrays.join(", "),
+            names.join(", ")
+        );
+        let bound: Vec<String> = (0..n).map(k).collect();
+        let keys = self.keys();
+        match self.kind {
+            MigrationKind::Column => format!(
+                "WITH {wanted}, __pgshift_written AS ({} RETURNING 1) \
+                 SELECT (SELECT count(*) FROM __pgshift_written), 0::bigint",
+                self.update_from("__pgshift_keys")
+            ),
+            MigrationKind::Table => {
+                let target_keys: Vec<String> = self
+                    .target_key
+                    .iter()
+                    .map(|t| format!("__pgshift_t.{}", quote_ident(t)))
+                    .collect();
+                let same: Vec<String> = keys
+                    .iter()
+                    .zip(&target_keys)
+                    .map(|(s, t)| format!("__pgshift_s.{s} = {t}"))
+                    .collect();
+                format!(
+                    "WITH {wanted}, {BATCH} AS MATERIALIZED (SELECT * FROM {} WHERE ROW({}) IN (SELECT {} FROM __pgshift_keys) FOR SHARE), \
+                     __pgshift_written AS ({} RETURNING 1), \
+                     __pgshift_removed AS (DELETE FROM {} AS __pgshift_t WHERE ROW({}) IN (SELECT {} FROM __pgshift_keys) \
+                     AND NOT EXISTS (SELECT 1 FROM {} AS __pgshift_s WHERE {}) RETURNING 1) \
+                     SELECT (SELECT count(*) FROM __pgshift_written), (SELECT count(*) FROM __pgshift_removed)",
+                    self.source,
+                    keys.join(", "),
+                    bound.join(", "),
+                    self.upsert(BATCH),
+                    self.target,
+                    target_keys.join(", "),
+                    bound.join(", "),
+                    self.source,
+                    same.join(" AND "),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::migration::TableName;
+
+    fn schema() -> Schema {
+        let mut s = Schema::default();
+        let users = TableName {
+            schema: "public".into(),
+            name: "users".into(),
+        };
+        let v2 = TableName {
+            schema: "v2".into(),
+            name: "users".into(),
+        };
+        s.columns
+            .insert(users.clone(), vec!["id".into(), "fullname".into()]);
+        s.types.insert(users, vec!["bigint".into(), "text".into()]);
+        s.columns
+            .insert(v2.clone(), vec!["id".into(), "display_name".into()]);
+        s.types.insert(v2, vec!["bigint".into(), "text".into()]);
+        s
+    }
+
+    #[test]
+    fn table_mapping_follows_the_dual_write_and_its_reverse() {
+        let mut m = crate::rewrite::tests::users_migration(WriteMode::DualWrite);
+        m.columns = vec![crate::config::migration::ColumnMap {
+            old: "fullname".into(),
+            new: "display_name".into(),
+            up: Some("upper(fullname)".into()),
+            down: Some("lower(display_name)".into()),
+        }];
+        let forward = Mapping::of(&m, &schema()).unwrap();
+        assert_eq!(forward.source, "public.users");
+        assert_eq!(forward.target, "v2.users");
+        assert_eq!(
+            forward.source_key,
+            vec![("id".to_owned(), "bigint".to_owned())]
+        );
+        assert_eq!(forward.columns[1].expr, "upper(fullname)");
+        let batch = forward.batch_sql(true);
+        assert!(
+            batch.contains(
+                "WHERE ROW(id) > ROW(CAST($2::text AS bigint)) ORDER BY id LIMIT $1 FOR SHARE"
+            ),
+            "{batch}"
+        );
+        assert!(batch.contains("ON CONFLICT (id) DO UPDATE SET display_name = EXCLUDED.display_name WHERE ROW(__pgshift_t.display_name) IS DISTINCT FROM ROW(EXCLUDED.display_name)"), "{batch}");
+        assert!(forward.batch_sql(false).contains("WHERE true ORDER BY id"));
+
+        m.writes = WriteMode::NewPrimary;
+        let back = Mapping::of(&m, &schema()).unwrap();
+        assert_eq!(
+            (back.source.as_str(), back.target.as_str()),
+            ("v2.users", "public.users")
+        );
+        assert!(back
+            .columns
+            .iter()
+            .any(|c| c.name == "fullname" && c.expr.contains("lower(display_name)")));
+        assert_ne!(forward.fingerprint(), back.fingerprint());
+        assert_eq!(
+            forward.fingerprint(),
+            Mapping::of(&m.clone(), &schema())
+                .map(|_| forward.fingerprint())
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_columns_are_an_error_not_a_guess() {
+        let m = crate::rewrite::tests::users_migration(WriteMode::DualWrite);
+        let err = Mapping::of(&m, &Schema::default()).unwrap_err();
+        assert_eq!(err.reason, RefusalReason::ColumnsUnknown);
+    }
+}

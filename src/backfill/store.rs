@@ -1,0 +1,167 @@
+//! pgshift's own tables, in the `pgshift` schema of the migrated database: backfill checkpoints and verify
+//! results. Written in the same transaction as the batch they describe, so a killed backfill resumes exactly
+//! where its last committed batch ended.
+
+use tokio_postgres::GenericClient;
+
+/// Creates the schema and tables if missing (idempotent; two runs racing to create them is retried once).
+pub const SCHEMA: &str = "\
+CREATE SCHEMA IF NOT EXISTS pgshift;
+CREATE TABLE IF NOT EXISTS pgshift.backfills (
+    migration    text PRIMARY KEY,
+    mapping      text NOT NULL,
+    direction    text NOT NULL,
+    last_key     text[],
+    rows_read    bigint NOT NULL DEFAULT 0,
+    rows_written bigint NOT NULL DEFAULT 0,
+    rows_total   bigint,
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz
+);
+CREATE TABLE IF NOT EXISTS pgshift.verifications (
+    id           bigserial PRIMARY KEY,
+    migration    text NOT NULL,
+    mapping      text NOT NULL,
+    direction    text NOT NULL,
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL DEFAULT now(),
+    rows_checked bigint NOT NULL,
+    missing      bigint NOT NULL,
+    extra        bigint NOT NULL,
+    different    bigint NOT NULL,
+    repaired     bigint NOT NULL,
+    clean        boolean NOT NULL
+);";
+
+pub async fn ensure(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    match client.batch_execute(SCHEMA).await {
+        // Another pgshift created them at the same moment (unique_violation on the catalog).
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            client.batch_execute(SCHEMA).await
+        }
+        other => other,
+    }
+}
+
+/// A backfill's saved position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub mapping: String,
+    pub last_key: Option<Vec<String>>,
+    pub rows_read: i64,
+    pub rows_written: i64,
+    pub finished: bool,
+}
+
+pub async fn load(
+    client: &impl GenericClient,
+    migration: &str,
+) -> Result<Option<Checkpoint>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT mapping, last_key, rows_read, rows_written, finished_at IS NOT NULL \
+             FROM pgshift.backfills WHERE migration = $1",
+            &[&migration],
+        )
+        .await?;
+    Ok(row.map(|r| Checkpoint {
+        mapping: r.get(0),
+        last_key: r.get(1),
+        rows_read: r.get(2),
+        rows_written: r.get(3),
+        finished: r.get(4),
+    }))
+}
+
+/// Starts (or restarts) a backfill from the beginning.
+pub async fn start(
+    client: &impl GenericClient,
+    migration: &str,
+    mapping: &str,
+    direction: &str,
+    total: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgshift.backfills (migration, mapping, direction, rows_total) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (migration) DO UPDATE SET mapping = EXCLUDED.mapping, direction = EXCLUDED.direction, \
+             last_key = NULL, rows_read = 0, rows_written = 0, rows_total = EXCLUDED.rows_total, \
+             started_at = now(), updated_at = now(), finished_at = NULL",
+            &[&migration, &mapping, &direction, &total],
+        )
+        .await
+        .map(drop)
+}
+
+/// Records one committed batch (call inside the batch's transaction).
+pub async fn advance(
+    client: &impl GenericClient,
+    migration: &str,
+    last_key: &[String],
+    read: i64,
+    written: i64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE pgshift.backfills SET last_key = $2, rows_read = rows_read + $3, \
+             rows_written = rows_written + $4, updated_at = now() WHERE migration = $1",
+            &[&migration, &last_key, &read, &written],
+        )
+        .await
+        .map(drop)
+}
+
+pub async fn finish(
+    client: &impl GenericClient,
+    migration: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE pgshift.backfills SET finished_at = now(), updated_at = now() WHERE migration = $1",
+            &[&migration],
+        )
+        .await
+        .map(drop)
+}
+
+/// What one verify run found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Verdict {
+    pub rows_checked: i64,
+    pub missing: i64,
+    pub extra: i64,
+    pub different: i64,
+    pub repaired: i64,
+    /// Differences left after any repair.
+    pub remaining: i64,
+}
+
+pub async fn record_verification(
+    client: &impl GenericClient,
+    migration: &str,
+    mapping: &str,
+    direction: &str,
+    started: std::time::SystemTime,
+    v: &Verdict,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO pgshift.verifications (migration, mapping, direction, started_at, rows_checked, \
+             missing, extra, different, repaired, clean) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &migration,
+                &mapping,
+                &direction,
+                &started,
+                &v.rows_checked,
+                &v.missing,
+                &v.extra,
+                &v.different,
+                &v.repaired,
+                &(v.remaining == 0),
+            ],
+        )
+        .await
+        .map(drop)
+}

@@ -1,0 +1,452 @@
+//! `pgshift backfill` and `pgshift verify` against real Postgres: copying, idempotence, verification with
+//! exact differences, repair, resume after SIGKILL, a changed mapping, both migration kinds and both phases,
+//! and a backfill running while the application writes through pgshift.
+
+use crate::migrations::{assert_mirrored, orders_migration, setup, users_migration, Lcg};
+use crate::support::{cluster, connect, eventually, fresh_db};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
+use tokio_postgres::Client;
+
+const SCHEMA: &str = "CREATE SCHEMA v2;
+CREATE TABLE users (id bigserial PRIMARY KEY, fullname text NOT NULL, email text,
+                    created_at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE v2.users (id bigint PRIMARY KEY, display_name text NOT NULL, email text, created_at timestamptz NOT NULL);
+CREATE TABLE orders (id bigserial PRIMARY KEY, customer text, legacy_status text, new_status text);";
+
+/// Rows that differ between old and new users (through the column map); 0 when mirrored.
+const USERS_DIFFER: &str = "SELECT count(*) FROM users u FULL JOIN v2.users n USING (id) \
+    WHERE u.id IS NULL OR n.id IS NULL \
+    OR (u.fullname, u.email, u.created_at) IS DISTINCT FROM (n.display_name, n.email, n.created_at)";
+
+fn write_config(dir: &Path, db: &str, migrations: &str, limits: &str) -> PathBuf {
+    let path = dir.join("pgshift.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[upstream]\naddr = {:?}\n[control]\ndsn = {:?}\n[control.backfill]\n{limits}\n{migrations}",
+            cluster().addr(),
+            cluster().url(db)
+        ),
+    )
+    .unwrap();
+    path
+}
+
+const SMALL_BATCHES: &str = "batch_time = \"20ms\"\nmin_rows = 50\nmax_rows = 400";
+
+/// Runs pgshift; returns its exit code, JSON events and stderr.
+async fn pgshift(args: &[&str]) -> (i32, Vec<Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(args)
+        .args(["--format", "json"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let events = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        events,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn last<'a>(events: &'a [Value], event: &str) -> &'a Value {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == event)
+        .unwrap_or_else(|| panic!("no {event} event in {events:?}"))
+}
+
+fn keys_of(events: &[Value], kind: &str) -> Vec<String> {
+    let mut keys: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "difference" && e["kind"] == kind)
+        .map(|e| e["key"][0].as_str().unwrap().to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+async fn count(client: &Client, sql: &str) -> i64 {
+    client.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() {
+    let db = fresh_db("t_backfill_table").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute("INSERT INTO users (fullname, email) SELECT 'name ' || g, 'e' || g FROM generate_series(1, 3000) g")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &db,
+        &users_migration("dual_write", "new_percent = 0"),
+        SMALL_BATCHES,
+    );
+    let config = config.to_str().unwrap();
+    let args = ["--config", config, "--migration", "users_v2"];
+
+    let (code, events, err) = pgshift(&[&["backfill"][..], &args].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    let done = last(&events, "finished");
+    assert_eq!(
+        (done["rows_read"].as_i64(), done["rows_written"].as_i64()),
+        (Some(3000), Some(3000))
+    );
+    assert!(
+        events.iter().filter(|e| e["event"] == "batch").count() >= 5,
+        "batches sized by time: {events:?}"
+    );
+    assert_eq!(count(&direct, USERS_DIFFER).await, 0);
+    // Again: everything is read, nothing is written.
+    let (code, events, err) = pgshift(&[&["backfill"][..], &args].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(last(&events, "finished")["rows_written"].as_i64(), Some(0));
+    assert_eq!(last(&events, "finished")["rows_read"].as_i64(), Some(3000));
+
+    let (code, events, err) = pgshift(&[&["verify"][..], &args].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        last(&events, "verified")["rows_checked"].as_i64(),
+        Some(3000)
+    );
+    assert_eq!(last(&events, "verified")["clean"], true);
+
+    // Damage the new side the ways writes that bypass pgshift would.
+    direct
+        .batch_execute(
+            "DELETE FROM v2.users WHERE id IN (5, 2999); UPDATE v2.users SET email = 'changed' WHERE id = 7; \
+             UPDATE v2.users SET email = NULL WHERE id = 3000; \
+             INSERT INTO v2.users VALUES (999999, 'ghost', NULL, now()), (0, 'before', NULL, now())",
+        )
+        .await
+        .unwrap();
+    let (code, events, err) = pgshift(&[&["verify"][..], &args].concat()).await;
+    assert_eq!(code, 1, "differences exit 1: {err}");
+    assert!(
+        err.contains("migration \"users_v2\": 6 difference(s) remain"),
+        "{err}"
+    );
+    let verdict = last(&events, "verified");
+    assert_eq!(
+        (
+            verdict["missing"].as_i64(),
+            verdict["extra"].as_i64(),
+            verdict["different"].as_i64()
+        ),
+        (Some(2), Some(2), Some(2)),
+        "{verdict}"
+    );
+    assert_eq!(keys_of(&events, "missing"), ["2999", "5"]);
+    assert_eq!(keys_of(&events, "extra"), ["0", "999999"]);
+    assert_eq!(keys_of(&events, "different"), ["3000", "7"]);
+
+    let (code, events, err) = pgshift(&[&["verify", "--repair"][..], &args].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(last(&events, "verified")["repaired"].as_i64(), Some(6));
+    assert_eq!(count(&direct, USERS_DIFFER).await, 0);
+    let (code, _, err) = pgshift(&[&["verify"][..], &args].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM pgshift.verifications WHERE migration = 'users_v2' AND clean"
+        )
+        .await,
+        3
+    );
+    // Operator errors exit 2 and say what is wrong.
+    let (code, _, err) = pgshift(&["verify", "--config", config, "--migration", "nope"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no migration named \"nope\" in the config (it has: users_v2)"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_kind_in_both_phases() {
+    let db = fresh_db("t_backfill_column").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute("INSERT INTO orders (legacy_status) SELECT CASE WHEN g % 7 = 0 THEN NULL ELSE 'st' || g % 5 END FROM generate_series(1, 1200) g")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dual = write_config(
+        dir.path(),
+        &db,
+        &orders_migration("dual_write", "new_percent = 0"),
+        SMALL_BATCHES,
+    );
+    let dual = dual.to_str().unwrap().to_owned();
+    let args = |config: &str| {
+        vec![
+            "--config".to_owned(),
+            config.to_owned(),
+            "--migration".into(),
+            "orders_status".into(),
+        ]
+    };
+    let run = |cmd: &'static str, config: String, extra: &'static [&'static str]| async move {
+        let mut all: Vec<String> = vec![cmd.to_owned()];
+        all.extend(extra.iter().map(|s| s.to_string()));
+        all.extend(args(&config));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        pgshift(&refs).await
+    };
+    let (code, events, err) = run("backfill", dual.clone(), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    // Rows with NULL legacy_status already match (upper(NULL) is NULL): not written.
+    let nulls = 1200 / 7;
+    assert_eq!(
+        last(&events, "finished")["rows_written"].as_i64(),
+        Some(1200 - nulls)
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM orders WHERE new_status IS DISTINCT FROM upper(legacy_status)"
+        )
+        .await,
+        0
+    );
+    let (code, _, err) = run("verify", dual.clone(), &[]).await;
+    assert_eq!(code, 0, "{err}");
+
+    // Under new_primary, new is the source: old must be down(new).
+    let primary = write_config(
+        dir.path(),
+        &db,
+        &orders_migration("new_primary", "new_percent = 0"),
+        SMALL_BATCHES,
+    );
+    let primary = primary.to_str().unwrap().to_owned();
+    direct
+        .batch_execute("UPDATE orders SET new_status = 'NEW' WHERE id IN (3, 4)")
+        .await
+        .unwrap();
+    let (code, events, _) = run("verify", primary.clone(), &[]).await;
+    assert_eq!(code, 1);
+    assert_eq!(keys_of(&events, "different"), ["3", "4"]);
+    let (code, events, err) = run("backfill", primary.clone(), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(last(&events, "finished")["rows_written"].as_i64(), Some(2));
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM orders WHERE id IN (3, 4) AND legacy_status = 'new'"
+        )
+        .await,
+        2
+    );
+    let (code, _, err) = run("verify", primary, &["--repair"]).await;
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backfill_resumes_and_a_changed_mapping_starts_over() {
+    let db = fresh_db("t_backfill_resume").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute("INSERT INTO users (fullname, email) SELECT 'name ' || g, 'e' || g FROM generate_series(1, 2000) g")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &db,
+        &users_migration("dual_write", "new_percent = 0"),
+        "batch_time = \"20ms\"\nmin_rows = 20\nmax_rows = 20\nmax_rate = 200",
+    );
+    let config = config.to_str().unwrap();
+    let args = ["--config", config, "--migration", "users_v2"];
+    let mut slow = Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args([&["backfill", "--format", "json"][..], &args].concat())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let progress = "SELECT coalesce((SELECT rows_read FROM pgshift.backfills WHERE migration = 'users_v2'), 0)";
+    eventually(
+        Duration::from_secs(20),
+        "a checkpoint past 100 rows",
+        || {
+            let direct = &direct;
+            async move {
+                direct
+                    .query_one(progress, &[])
+                    .await
+                    .is_ok_and(|r| r.get::<_, i64>(0) >= 100)
+            }
+        },
+    )
+    .await;
+    slow.kill().await.unwrap(); // SIGKILL
+    let saved = count(&direct, progress).await;
+    assert!(saved < 2000, "killed before the end: {saved}");
+    // The checkpoint and the rows it covers were committed together.
+    assert_eq!(count(&direct, "SELECT count(*) FROM v2.users").await, saved);
+
+    let (code, events, err) =
+        pgshift(&[&["backfill", "--max-rate", "0"][..], &args].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    let started = last(&events, "started");
+    assert_eq!(started["rows_done"].as_i64(), Some(saved));
+    assert!(started["resumed_from"].is_array(), "{started}");
+    assert_eq!(last(&events, "finished")["rows_read"].as_i64(), Some(2000));
+    assert_eq!(
+        last(&events, "finished")["rows_written"].as_i64(),
+        Some(2000)
+    );
+    assert_eq!(count(&direct, USERS_DIFFER).await, 0);
+
+    // A different mapping: the checkpoint is not trusted, the copy starts over and rewrites every row.
+    let changed = write_config(
+        dir.path(),
+        &db,
+        &users_migration("dual_write", "new_percent = 0").replace(
+            "new = \"display_name\" }",
+            "new = \"display_name\", up = \"upper(fullname)\", down = \"lower(display_name)\" }",
+        ),
+        SMALL_BATCHES,
+    );
+    let (code, events, err) = pgshift(&[
+        "backfill",
+        "--config",
+        changed.to_str().unwrap(),
+        "--migration",
+        "users_v2",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        last(&events, "restarted")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("the mapping changed"),
+        "{events:?}"
+    );
+    assert_eq!(
+        last(&events, "finished")["rows_written"].as_i64(),
+        Some(2000)
+    );
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM v2.users WHERE display_name = upper(display_name)"
+        )
+        .await,
+        2000
+    );
+}
+
+/// The application writes through pgshift (inserts, updates, deletes, upserts of the rows being copied) while
+/// the backfill runs; afterwards verify finds nothing to repair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_is_correct_while_the_application_writes_through_pgshift() {
+    let (db, proxy, direct) = setup(
+        "t_backfill_live",
+        format!(
+            "{}{}",
+            users_migration("dual_write", "new_percent = 50"),
+            orders_migration("dual_write", "new_percent = 50")
+        ),
+    )
+    .await;
+    // Rows from before the dual write: only in old.
+    direct
+        .batch_execute(
+            "INSERT INTO users (fullname, email) SELECT 'name ' || g, 'e' || g FROM generate_series(1, 2000) g;
+             INSERT INTO orders (legacy_status) SELECT 's' || g % 9 FROM generate_series(1, 2000) g",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let migrations = format!(
+        "{}{}",
+        users_migration("dual_write", "new_percent = 50"),
+        orders_migration("dual_write", "new_percent = 50")
+    );
+    let config = write_config(
+        dir.path(),
+        &db,
+        &migrations,
+        "batch_time = \"5ms\"\nmin_rows = 20\nmax_rows = 60",
+    );
+    let config = config.to_str().unwrap().to_owned();
+    let mut tasks = Vec::new();
+    for seed in 0..3u64 {
+        let client = connect(&proxy.url(&db)).await;
+        tasks.push(tokio::spawn(async move {
+            let mut rng = Lcg(seed + 7);
+            let mut committed = 0;
+            for _ in 0..80 {
+                let id = 1 + rng.next(2000);
+                let sql = match rng.next(6) {
+                    0 => format!("INSERT INTO users (fullname, email) VALUES ('n{id}', 'e{}')", rng.next(1000)),
+                    1 => format!("UPDATE users SET email = 'u{}' WHERE id % 50 = {}", rng.next(1000), id % 50),
+                    2 => format!("DELETE FROM users WHERE id % 97 = {}", id % 97),
+                    3 => format!("INSERT INTO users (id, fullname) VALUES ({id}, 'up{id}') ON CONFLICT (id) DO UPDATE SET fullname = EXCLUDED.fullname"),
+                    4 => format!("UPDATE orders SET legacy_status = 't{}' WHERE id % 40 = {}", rng.next(9), id % 40),
+                    _ => format!("DELETE FROM orders WHERE id = {id}"),
+                };
+                match client.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await {
+                    Ok(()) => committed += 1,
+                    Err(e) => {
+                        assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED), "{sql}: {e}");
+                        client.batch_execute("ROLLBACK").await.unwrap();
+                    }
+                }
+            }
+            committed
+        }));
+    }
+    let backfills = ["users_v2", "orders_status"].map(|m| {
+        let config = config.clone();
+        tokio::spawn(
+            async move { pgshift(&["backfill", "--config", &config, "--migration", m]).await },
+        )
+    });
+    let mut committed = 0;
+    for task in tasks {
+        committed += task.await.unwrap();
+    }
+    for b in backfills {
+        let (code, events, err) = b.await.unwrap();
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            events.iter().filter(|e| e["event"] == "batch").count() > 10,
+            "{events:?}"
+        );
+    }
+    assert!(committed > 150, "too few commits: {committed}");
+    for m in ["users_v2", "orders_status"] {
+        let (code, events, err) = pgshift(&["verify", "--config", &config, "--migration", m]).await;
+        assert_eq!(code, 0, "{m}: {err} {events:?}");
+    }
+    assert_mirrored(&direct).await;
+    assert_eq!(
+        count(
+            &direct,
+            "SELECT count(*) FROM orders WHERE new_status IS DISTINCT FROM upper(legacy_status)"
+        )
+        .await,
+        0
+    );
+    proxy.stop().await;
+}
