@@ -18,6 +18,8 @@ pub struct HttpState {
     pub prometheus: PrometheusHandle,
     pub phase: watch::Receiver<Phase>,
     pub config: Arc<ConfigHandle>,
+    /// Backfill and verify progress read over the control connection ([`crate::backfill::status`]).
+    pub copies: watch::Receiver<serde_json::Value>,
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
@@ -76,6 +78,7 @@ fn status_json(state: &HttpState) -> String {
         "last_reload": state.config.last_reload(),
         "phase": format!("{:?}", *state.phase.borrow()).to_lowercase(),
         "migrations": config.migrations.iter().map(migration).collect::<Vec<_>>(),
+        "control": *state.copies.borrow(),
     });
     let mut body = serde_json::to_string_pretty(&status).expect("status is serializable");
     body.push('\n');

@@ -76,10 +76,16 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
             let bound = http_listener
                 .local_addr()
                 .expect("bound socket has an address");
+            let (copies_tx, copies) = watch::channel(serde_json::Value::Null);
+            background.push(tokio::spawn(crate::backfill::status::watch(
+                handle.clone(),
+                copies_tx,
+            )));
             let state = Arc::new(HttpState {
                 prometheus,
                 phase: control_rx.clone(),
                 config: handle.clone(),
+                copies,
             });
             background.push(tokio::spawn(http::serve(http_listener, state)));
             Some(bound)

@@ -379,11 +379,15 @@ impl Mapping {
         )
     }
 
-    /// Source rows (estimate) for progress and ETA.
+    /// Source rows for progress and ETA: the planner's estimate; for a table never analyzed, a count when it
+    /// is under 1 GiB (0, unknown, beyond).
     pub fn estimate_sql(&self) -> String {
+        let table = self.source.replace('\'', "''");
         format!(
-            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = '{}'::regclass",
-            self.source.replace('\'', "''")
+            "SELECT CASE WHEN reltuples >= 0 THEN reltuples::bigint \
+             WHEN pg_relation_size(oid) < 1073741824 THEN (SELECT count(*) FROM {}) ELSE 0 END \
+             FROM pg_class WHERE oid = '{table}'::regclass",
+            self.source
         )
     }
 

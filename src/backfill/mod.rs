@@ -4,11 +4,12 @@
 //!
 //! - [`mapping`]: the SQL, from the rewriter's own mapping;
 //! - [`pace`]: batch sizing by time, rate limit, backoff (pure);
-//! - [`store`]: checkpoints and verify results in the `pgshift` schema;
+//! - [`store`]: checkpoints and verify results in the `pgshift` schema; [`status`]: their view on `/status`;
 //! - this file: the loops, with throttling on replication lag and stop/resume.
 
 pub mod mapping;
 pub mod pace;
+pub mod status;
 pub mod store;
 
 use crate::admin::cause;

@@ -450,6 +450,29 @@ mod tests {
     }
 
     #[test]
+    fn control_section_keeps_passwords_out_of_the_file() {
+        let ok = parse(
+            "[upstream]\naddr = \"127.0.0.1:5432\"\n[control]\ndsn = \"postgres://m@db/app\"\n\
+             [control.backfill]\nbatch_time = \"50ms\"\nmax_rate = 500\n",
+        )
+        .unwrap();
+        assert_eq!(ok.control.dsn.as_deref(), Some("postgres://m@db/app"));
+        assert_eq!(ok.control.backfill.batch_time, std::time::Duration::from_millis(50));
+        assert_eq!(ok.control.backfill.max_rate, 500);
+        assert_eq!(ok.control.backfill.max_rows, 50_000);
+        let err = parse(
+            "[upstream]\naddr = \"127.0.0.1:5432\"\n[control]\ndsn = \"postgres://m:secret@db/app\"\n\
+             replica_dsn = \"host=r password=x\"\n[control.backfill]\nmin_rows = 0\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("control.dsn must not hold a password: give it in PGPASSWORD or control.password_file"), "{err}");
+        assert!(err.contains("control.replica_dsn must not hold a password"), "{err}");
+        assert!(err.contains("control.backfill.min_rows (0) must be at least 1"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = parse("[upstream]\naddr = \"127.0.0.1:5432\"\nadress = \"x\"\n").unwrap_err();
         let text = err.to_string();

@@ -167,6 +167,41 @@ async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() 
         .await,
         3
     );
+    // People get sentences.
+    let (ok, out, err) = crate::support::run(
+        Command::new(env!("CARGO_BIN_EXE_pgshift"))
+            .args(["verify", "--format", "human"])
+            .args(args),
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.contains("users_v2: old_to_new, about 3000 rows"), "{out}");
+    assert!(out.contains("users_v2: clean — 3000 rows checked, 0 missing, 0 extra, 0 different, 0 repaired"), "{out}");
+
+    // Every proxy with the control DSN shows the progress on /status.
+    let proxy = crate::support::start_proxy(crate::support::ProxyOptions {
+        migrations: format!(
+            "[control]\ndsn = {:?}\n{}",
+            cluster().url(&db),
+            users_migration("dual_write", "new_percent = 0")
+        ),
+        ..Default::default()
+    })
+    .await;
+    eventually(Duration::from_secs(10), "backfill progress on /status", || {
+        let addr = proxy.metrics_addr;
+        async move {
+            let (_, body) = crate::support::http_get(addr, "/status").await;
+            let status: Value = serde_json::from_str(&body).unwrap();
+            let control = &status["control"];
+            control["backfills"][0]["migration"] == "users_v2"
+                && control["backfills"][0]["rows_read"] == 3000
+                && !control["backfills"][0]["finished_at"].is_null()
+                && control["verifications"][0]["clean"] == true
+        }
+    })
+    .await;
+    proxy.stop().await;
     // Operator errors exit 2 and say what is wrong.
     let (code, _, err) = pgshift(&["verify", "--config", config, "--migration", "nope"]).await;
     assert_eq!(code, 2, "{err}");
@@ -449,4 +484,59 @@ async fn backfill_is_correct_while_the_application_writes_through_pgshift() {
         0
     );
     proxy.stop().await;
+}
+
+/// Limits change while a backfill runs (SIGHUP re-reads them); lag that cannot be read stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_reload_on_sighup_and_unreadable_lag_fails_closed() {
+    let db = fresh_db("t_backfill_limits").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute("INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 2000) g")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let migration = users_migration("dual_write", "new_percent = 0");
+    // 20 rows a second: 100 s for the table.
+    let config = write_config(dir.path(), &db, &migration, "min_rows = 20\nmax_rows = 20\nmax_rate = 20");
+    let mut slow = Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(["backfill", "--format", "json", "--config", config.to_str().unwrap(), "--migration", "users_v2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "the first batch", || {
+        let direct = &direct;
+        async move { count(direct, "SELECT count(*) FROM v2.users").await > 0 }
+    })
+    .await;
+    write_config(dir.path(), &db, &migration, "min_rows = 20\nmax_rows = 400\nmax_rate = 0");
+    let pid = i32::try_from(slow.id().unwrap()).unwrap();
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(30), slow.wait())
+        .await
+        .expect("the backfill speeds up after SIGHUP")
+        .unwrap();
+    assert!(status.success());
+    let mut err = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut slow.stderr.take().unwrap(), &mut err)
+        .await
+        .unwrap();
+    assert!(err.contains("backfill limits re-read"), "{err}");
+    assert_eq!(count(&direct, USERS_DIFFER).await, 0);
+
+    // A replica DSN that does not answer as a replica: the backfill refuses to copy blind (exit 2).
+    let blind = format!(
+        "[upstream]\naddr = {:?}\n[control]\ndsn = {:?}\nreplica_dsn = {:?}\n{migration}",
+        cluster().addr(),
+        cluster().url(&db),
+        cluster().url(&db)
+    );
+    std::fs::write(&config, blind).unwrap();
+    let (code, _, err) = pgshift(&["backfill", "--config", config.to_str().unwrap(), "--migration", "users_v2"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the replica's replication lag cannot be read (the replica DSN points at a primary); stopped rather than copy blind"), "{err}");
 }
