@@ -472,10 +472,83 @@ impl Mapping {
         }
     }
 
-    /// Repairs the given keys (one text[] parameter per key column, `$1…`): each target row is made what
-    /// the source says — written where the source has the row, deleted where it has not. Returns (rows
-    /// written, rows deleted).
-    pub fn repair_sql(&self) -> String {
+    /// Both sides' values for the given keys (one text[] parameter per key column): rows of (key as text[],
+    /// source mapped to the target's columns as JSON, target as JSON), NULL where a side has no row.
+    pub fn values_sql(&self) -> String {
+        let n = self.source_key.len();
+        let wanted = self.keys_cte();
+        let bound: Vec<String> = (0..n).map(k).collect();
+        let mapped: Vec<String> = self
+            .columns
+            .iter()
+            .map(|col| {
+                format!(
+                    "'{}', CAST(({}) AS {})",
+                    col.name.replace('\'', "''"),
+                    col.expr,
+                    col.ty
+                )
+            })
+            .collect();
+        let stored: Vec<String> = self
+            .columns
+            .iter()
+            .map(|col| {
+                format!(
+                    "'{}', {}",
+                    col.name.replace('\'', "''"),
+                    quote_ident(&col.name)
+                )
+            })
+            .collect();
+        let key_text: Vec<String> = (0..n).map(|i| format!("{}::text", k(i))).collect();
+        match self.kind {
+            MigrationKind::Column => format!(
+                "WITH {wanted} SELECT ARRAY[{}], json_build_object({})::text, json_build_object({})::text \
+                 FROM (SELECT {}, * FROM {} WHERE ROW({}) IN (SELECT {} FROM __pgshift_keys)) AS __pgshift_r",
+                key_text.join(", "),
+                mapped.join(", "),
+                stored.join(", "),
+                self.key_aliases(""),
+                self.source,
+                self.keys().join(", "),
+                bound.join(", "),
+            ),
+            MigrationKind::Table => {
+                let target_keys: Vec<String> = self.target_key.iter().map(|t| quote_ident(t)).collect();
+                let target_aliases: Vec<String> = target_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| format!("{key} AS {}", k(i)))
+                    .collect();
+                let on: Vec<String> = (0..n).map(|i| format!("s.{0} = t.{0}", k(i))).collect();
+                let either: Vec<String> = (0..n)
+                    .map(|i| format!("coalesce(s.{0}, t.{0})::text", k(i)))
+                    .collect();
+                format!(
+                    "WITH {wanted}, \
+                     s AS (SELECT {}, json_build_object({}) AS v FROM {} WHERE ROW({}) IN (SELECT {} FROM __pgshift_keys)), \
+                     t AS (SELECT {}, json_build_object({}) AS v FROM {} WHERE ROW({}) IN (SELECT {} FROM __pgshift_keys)) \
+                     SELECT ARRAY[{}], s.v::text, t.v::text FROM s FULL JOIN t ON {}",
+                    self.key_aliases(""),
+                    mapped.join(", "),
+                    self.source,
+                    self.keys().join(", "),
+                    bound.join(", "),
+                    target_aliases.join(", "),
+                    stored.join(", "),
+                    self.target,
+                    target_keys.join(", "),
+                    bound.join(", "),
+                    either.join(", "),
+                    on.join(" AND "),
+                )
+            }
+        }
+    }
+
+    /// `__pgshift_keys AS (…)`: the keys given as one text[] parameter per key column, cast to their types.
+    fn keys_cte(&self) -> String {
         let n = self.source_key.len();
         let arrays: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
         let casts: Vec<String> = self
@@ -485,12 +558,20 @@ impl Mapping {
             .map(|(i, (_, ty))| format!("CAST(u{i} AS {ty}) AS {}", k(i)))
             .collect();
         let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
-        let wanted = format!(
+        format!(
             "__pgshift_keys AS (SELECT {} FROM unnest({}) AS u({}))",
             casts.join(", "),
             arrays.join(", "),
             names.join(", ")
-        );
+        )
+    }
+
+    /// Repairs the given keys (one text[] parameter per key column, `$1…`): each target row is made what
+    /// the source says — written where the source has the row, deleted where it has not. Returns (rows
+    /// written, rows deleted).
+    pub fn repair_sql(&self) -> String {
+        let n = self.source_key.len();
+        let wanted = self.keys_cte();
         let bound: Vec<String> = (0..n).map(k).collect();
         let keys = self.keys();
         match self.kind {

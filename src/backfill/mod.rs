@@ -59,19 +59,26 @@ impl LagSource {
                 .await
                 .map_err(db("reading pg_stat_replication"))?
                 .get(0),
-            LagSource::Replica(replica) => replica
-                .query_one(
-                    "SELECT CASE WHEN NOT pg_is_in_recovery() THEN NULL \
-                     WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                     ELSE coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0) END::float8",
-                    &[],
-                )
-                .await
-                .map_err(|e| CopyError::LagUnreadable(cause(&e)))?
-                .get::<_, Option<f64>>(0)
-                .ok_or_else(|| CopyError::LagUnreadable("the replica DSN points at a primary".into()))?,
+            LagSource::Replica(replica) => {
+                let row = replica
+                    .query_one(
+                        "SELECT pg_is_in_recovery(), CASE \
+                         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                         ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END::float8",
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| CopyError::LagUnreadable(cause(&e)))?;
+                if !row.get::<_, bool>(0) {
+                    return Err(CopyError::LagUnreadable(
+                        "the replica DSN points at a primary".into(),
+                    ));
+                }
+                // Behind, with no transaction replayed yet to date it: as far behind as can be.
+                row.get::<_, Option<f64>>(1).unwrap_or(f64::MAX)
+            }
         };
-        Ok(Duration::from_secs_f64(secs.max(0.0)))
+        Ok(Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX))
     }
 }
 
@@ -115,9 +122,15 @@ pub enum Event {
         rows_done: i64,
         differences: i64,
     },
+    /// A differing key, with both sides' values (the source mapped to the target's columns) for the first
+    /// [`SHOWN_WITH_VALUES`] of a run.
     Difference {
         kind: String,
         key: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Option<serde_json::Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        target: Option<serde_json::Value>,
     },
     Finished {
         migration: String,
@@ -233,7 +246,7 @@ pub async fn backfill(
                 break;
             }
             report(Event::Paused {
-                lag_millis: behind.as_millis() as u64,
+                lag_millis: u64::try_from(behind.as_millis()).unwrap_or(u64::MAX),
                 max_lag_millis: l.max_lag.as_millis() as u64,
             });
             if wait_or_stop(Duration::from_secs(1), &stop).await {
@@ -498,6 +511,7 @@ async fn wait_or_stop(d: Duration, stop: &watch::Receiver<bool>) -> bool {
 pub async fn verify(
     client: &mut Client,
     migration: &str,
+    epoch: &str,
     mapping: &Mapping,
     repair: bool,
     limits: &BackfillSection,
@@ -521,6 +535,7 @@ pub async fn verify(
     });
     let mut verdict = store::Verdict::default();
     let mut last_key: Option<Vec<String>> = None;
+    let mut shown_so_far = 0;
     // Reading is cheaper than writing: chunks may be larger than backfill batches.
     let mut size = limits.max_rows.min(10_000).max(limits.min_rows);
     let chunk_limits = BackfillSection {
@@ -543,12 +558,21 @@ pub async fn verify(
                 _ => verdict.different += 1,
             }
         }
-        for (kind, key) in differences.iter().take(20) {
+        let shown = SHOWN_WITH_VALUES
+            .saturating_sub(shown_so_far)
+            .min(differences.len());
+        let mut values = values_of(client, mapping, &differences[..shown]).await?;
+        for (kind, key) in differences.iter().take(SHOWN_PER_CHUNK) {
+            let (source, target) = values.remove(key).unwrap_or((None, None));
             report(Event::Difference {
                 kind: kind.clone(),
                 key: key.clone(),
+                source,
+                target,
             });
         }
+        shown_so_far += shown;
+        verdict.chunks += 1;
         let mut remaining = differences.len() as i64;
         if repair && !differences.is_empty() {
             verdict.repaired += repair_keys(client, mapping, &differences, limits).await?;
@@ -567,6 +591,7 @@ pub async fn verify(
     store::record_verification(
         &*client,
         migration,
+        epoch,
         &mapping.fingerprint(),
         mapping.direction.label(),
         began,
@@ -583,6 +608,37 @@ pub async fn verify(
 }
 
 type Differences = Vec<(String, Vec<String>)>;
+
+/// Differing keys reported per chunk, and of those, how many per run come with both sides' values.
+const SHOWN_PER_CHUNK: usize = 20;
+pub const SHOWN_WITH_VALUES: usize = 20;
+
+type Values =
+    std::collections::HashMap<Vec<String>, (Option<serde_json::Value>, Option<serde_json::Value>)>;
+
+/// Both sides' values of the given differences, by key.
+async fn values_of(
+    client: &Client,
+    mapping: &Mapping,
+    differences: &[(String, Vec<String>)],
+) -> Result<Values, CopyError> {
+    if differences.is_empty() {
+        return Ok(Values::new());
+    }
+    let keys: Vec<Vec<String>> = differences.iter().map(|(_, k)| k.clone()).collect();
+    let columns = key_columns(&keys, mapping.source_key.len());
+    let params: Vec<&(dyn ToSql + Sync)> =
+        columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+    let rows = client
+        .query(&mapping.values_sql(), &params)
+        .await
+        .map_err(db("reading the differing rows"))?;
+    let json = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok());
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), (json(r.get(1)), json(r.get(2)))))
+        .collect())
+}
 
 /// One chunk: its differences, its row count and its last key.
 async fn verify_chunk(

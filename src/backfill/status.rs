@@ -32,13 +32,18 @@ pub async fn watch(config: Arc<ConfigHandle>, out: watch::Sender<serde_json::Val
                 serde_json::Value::Null
             }
             Some(dsn) => {
-                if connected.as_ref().is_none_or(|(d, c)| *d != dsn || c.is_closed()) {
+                if connected
+                    .as_ref()
+                    .is_none_or(|(d, c)| *d != dsn || c.is_closed())
+                {
                     connected = crate::admin::connect_control(
                         &dsn,
                         current.control.password_file.as_deref(),
                     )
                     .await
-                    .map_err(|e| tracing::warn!(error = %e, "control connection for /status failed"))
+                    .map_err(
+                        |e| tracing::warn!(error = %e, "control connection for /status failed"),
+                    )
                     .ok()
                     .map(|c| (dsn.clone(), c));
                 }

@@ -24,9 +24,11 @@ CREATE TABLE IF NOT EXISTS pgshift.verifications (
     migration    text NOT NULL,
     mapping      text NOT NULL,
     direction    text NOT NULL,
+    epoch        text NOT NULL,
     started_at   timestamptz NOT NULL,
     finished_at  timestamptz NOT NULL DEFAULT now(),
     rows_checked bigint NOT NULL,
+    chunks       bigint NOT NULL,
     missing      bigint NOT NULL,
     extra        bigint NOT NULL,
     different    bigint NOT NULL,
@@ -129,6 +131,7 @@ pub async fn finish(
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Verdict {
     pub rows_checked: i64,
+    pub chunks: i64,
     pub missing: i64,
     pub extra: i64,
     pub different: i64,
@@ -140,6 +143,7 @@ pub struct Verdict {
 pub async fn record_verification(
     client: &impl GenericClient,
     migration: &str,
+    epoch: &str,
     mapping: &str,
     direction: &str,
     started: std::time::SystemTime,
@@ -147,14 +151,17 @@ pub async fn record_verification(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "INSERT INTO pgshift.verifications (migration, mapping, direction, started_at, rows_checked, \
-             missing, extra, different, repaired, clean) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO pgshift.verifications (migration, mapping, direction, epoch, started_at, rows_checked, \
+             chunks, missing, extra, different, repaired, clean) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             &[
                 &migration,
                 &mapping,
                 &direction,
+                &epoch,
                 &started,
                 &v.rows_checked,
+                &v.chunks,
                 &v.missing,
                 &v.extra,
                 &v.different,

@@ -134,8 +134,21 @@ impl Reporter {
             } => self.line(format!(
                 "retry {attempt} with {batch_size} rows after: {error}"
             )),
-            Event::Difference { kind, key } => {
-                self.line(format!("{kind}: key ({})", key.join(", ")))
+            Event::Difference {
+                kind,
+                key,
+                source,
+                target,
+            } => {
+                let side = |v: Option<serde_json::Value>| {
+                    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+                };
+                let values = if source.is_some() || target.is_some() {
+                    format!("  source {}  target {}", side(source), side(target))
+                } else {
+                    String::new()
+                };
+                self.line(format!("{kind}: key ({}){values}", key.join(", ")))
             }
             Event::Finished {
                 migration,

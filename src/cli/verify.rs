@@ -18,6 +18,7 @@ pub async fn run(
     let verdict = backfill::verify(
         &mut c.client,
         &c.migration.name,
+        &c.config.epoch,
         &c.mapping,
         repair,
         &c.config.control.backfill,

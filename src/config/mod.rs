@@ -457,7 +457,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(ok.control.dsn.as_deref(), Some("postgres://m@db/app"));
-        assert_eq!(ok.control.backfill.batch_time, std::time::Duration::from_millis(50));
+        assert_eq!(
+            ok.control.backfill.batch_time,
+            std::time::Duration::from_millis(50)
+        );
         assert_eq!(ok.control.backfill.max_rate, 500);
         assert_eq!(ok.control.backfill.max_rows, 50_000);
         let err = parse(
@@ -467,8 +470,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("control.dsn must not hold a password: give it in PGPASSWORD or control.password_file"), "{err}");
-        assert!(err.contains("control.replica_dsn must not hold a password"), "{err}");
-        assert!(err.contains("control.backfill.min_rows (0) must be at least 1"), "{err}");
+        assert!(
+            err.contains("control.replica_dsn must not hold a password"),
+            "{err}"
+        );
+        assert!(
+            err.contains("control.backfill.min_rows (0) must be at least 1"),
+            "{err}"
+        );
         assert!(!err.contains("secret"), "{err}");
     }
 

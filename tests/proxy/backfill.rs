@@ -152,6 +152,20 @@ async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() 
     assert_eq!(keys_of(&events, "missing"), ["2999", "5"]);
     assert_eq!(keys_of(&events, "extra"), ["0", "999999"]);
     assert_eq!(keys_of(&events, "different"), ["3000", "7"]);
+    // Both sides' values, the source mapped to the target's columns; absent sides are left out.
+    let seven = events
+        .iter()
+        .find(|e| e["event"] == "difference" && e["key"][0] == "7")
+        .unwrap();
+    assert_eq!(seven["source"]["email"], "e7", "{seven}");
+    assert_eq!(seven["source"]["display_name"], "name 7", "{seven}");
+    assert_eq!(seven["target"]["email"], "changed", "{seven}");
+    let five = events
+        .iter()
+        .find(|e| e["event"] == "difference" && e["key"][0] == "5")
+        .unwrap();
+    assert_eq!(five["source"]["id"], 5, "{five}");
+    assert!(five.get("target").is_none(), "{five}");
 
     let (code, events, err) = pgshift(&[&["verify", "--repair"][..], &args].concat()).await;
     assert_eq!(code, 0, "{err}");
@@ -175,8 +189,16 @@ async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() 
     )
     .await;
     assert!(ok, "{err}");
-    assert!(out.contains("users_v2: old_to_new, about 3000 rows"), "{out}");
-    assert!(out.contains("users_v2: clean — 3000 rows checked, 0 missing, 0 extra, 0 different, 0 repaired"), "{out}");
+    assert!(
+        out.contains("users_v2: old_to_new, about 3000 rows"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "users_v2: clean — 3000 rows checked, 0 missing, 0 extra, 0 different, 0 repaired"
+        ),
+        "{out}"
+    );
 
     // Every proxy with the control DSN shows the progress on /status.
     let proxy = crate::support::start_proxy(crate::support::ProxyOptions {
@@ -188,18 +210,22 @@ async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() 
         ..Default::default()
     })
     .await;
-    eventually(Duration::from_secs(10), "backfill progress on /status", || {
-        let addr = proxy.metrics_addr;
-        async move {
-            let (_, body) = crate::support::http_get(addr, "/status").await;
-            let status: Value = serde_json::from_str(&body).unwrap();
-            let control = &status["control"];
-            control["backfills"][0]["migration"] == "users_v2"
-                && control["backfills"][0]["rows_read"] == 3000
-                && !control["backfills"][0]["finished_at"].is_null()
-                && control["verifications"][0]["clean"] == true
-        }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "backfill progress on /status",
+        || {
+            let addr = proxy.metrics_addr;
+            async move {
+                let (_, body) = crate::support::http_get(addr, "/status").await;
+                let status: Value = serde_json::from_str(&body).unwrap();
+                let control = &status["control"];
+                control["backfills"][0]["migration"] == "users_v2"
+                    && control["backfills"][0]["rows_read"] == 3000
+                    && !control["backfills"][0]["finished_at"].is_null()
+                    && control["verifications"][0]["clean"] == true
+            }
+        },
+    )
     .await;
     proxy.stop().await;
     // Operator errors exit 2 and say what is wrong.
@@ -493,15 +519,30 @@ async fn limits_reload_on_sighup_and_unreadable_lag_fails_closed() {
     let direct = connect(&cluster().url(&db)).await;
     direct.batch_execute(SCHEMA).await.unwrap();
     direct
-        .batch_execute("INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 2000) g")
+        .batch_execute(
+            "INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 2000) g",
+        )
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let migration = users_migration("dual_write", "new_percent = 0");
     // 20 rows a second: 100 s for the table.
-    let config = write_config(dir.path(), &db, &migration, "min_rows = 20\nmax_rows = 20\nmax_rate = 20");
+    let config = write_config(
+        dir.path(),
+        &db,
+        &migration,
+        "min_rows = 20\nmax_rows = 20\nmax_rate = 20",
+    );
     let mut slow = Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .args(["backfill", "--format", "json", "--config", config.to_str().unwrap(), "--migration", "users_v2"])
+        .args([
+            "backfill",
+            "--format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+            "--migration",
+            "users_v2",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -512,7 +553,12 @@ async fn limits_reload_on_sighup_and_unreadable_lag_fails_closed() {
         async move { count(direct, "SELECT count(*) FROM v2.users").await > 0 }
     })
     .await;
-    write_config(dir.path(), &db, &migration, "min_rows = 20\nmax_rows = 400\nmax_rate = 0");
+    write_config(
+        dir.path(),
+        &db,
+        &migration,
+        "min_rows = 20\nmax_rows = 400\nmax_rate = 0",
+    );
     let pid = i32::try_from(slow.id().unwrap()).unwrap();
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
@@ -536,7 +582,120 @@ async fn limits_reload_on_sighup_and_unreadable_lag_fails_closed() {
         cluster().url(&db)
     );
     std::fs::write(&config, blind).unwrap();
-    let (code, _, err) = pgshift(&["backfill", "--config", config.to_str().unwrap(), "--migration", "users_v2"]).await;
+    let (code, _, err) = pgshift(&[
+        "backfill",
+        "--config",
+        config.to_str().unwrap(),
+        "--migration",
+        "users_v2",
+    ])
+    .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the replica's replication lag cannot be read (the replica DSN points at a primary); stopped rather than copy blind"), "{err}");
+}
+
+/// A real streaming standby: while its replay is paused, the backfill waits; when replay resumes, it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_pauses_while_the_standby_lags() {
+    use pgshift::cli::demo::cluster::{Cluster, Options};
+    use tokio::io::AsyncBufReadExt;
+    let (primary, standby) = tokio::task::spawn_blocking(|| {
+        let primary = Cluster::start(&Options::default()).expect("a primary");
+        let direct = std::process::Command::new(crate::support::psql_path())
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &primary.url("postgres"), "-c"])
+            .arg(format!(
+                "{SCHEMA}; INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 600) g"
+            ))
+            .output()
+            .unwrap();
+        assert!(direct.status.success(), "{}", String::from_utf8_lossy(&direct.stderr));
+        let standby = primary.start_standby().expect("a standby");
+        (primary, standby)
+    })
+    .await
+    .unwrap();
+    let replica = connect(&standby.url("postgres")).await;
+    eventually(Duration::from_secs(30), "the standby has the table", || {
+        let replica = &replica;
+        async move {
+            replica
+                .query_one("SELECT count(*) FROM users", &[])
+                .await
+                .is_ok_and(|r| r.get::<_, i64>(0) == 600)
+        }
+    })
+    .await;
+    replica
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgshift.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\naddr = {:?}\n[control]\ndsn = {:?}\nreplica_dsn = {:?}\n\
+             [control.backfill]\nmin_rows = 100\nmax_rows = 100\nmax_rate = 200\nmax_lag = \"300ms\"\n{}",
+            primary.addr(),
+            primary.url("postgres"),
+            standby.url("postgres"),
+            users_migration("dual_write", "new_percent = 0")
+        ),
+    )
+    .unwrap();
+    let mut backfill = Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args([
+            "backfill",
+            "--format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+            "--migration",
+            "users_v2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(backfill.stdout.take().unwrap()).lines();
+    async fn next_event(
+        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    ) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("an event within 30 s")
+            .unwrap()
+            .expect("the backfill is still running");
+        serde_json::from_str(&line).unwrap()
+    }
+    // Paused twice in a row (it re-reads the lag every second) with no batch between: it is waiting.
+    let mut before_pause = 0;
+    loop {
+        let e = next_event(&mut lines).await;
+        if e["event"] == "paused" {
+            break;
+        }
+        if e["event"] == "batch" {
+            before_pause += 1;
+        }
+    }
+    assert!(before_pause < 6, "it must pause before copying everything");
+    let e = next_event(&mut lines).await;
+    assert_eq!(e["event"], "paused", "{e}");
+    replica
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .await
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(60), backfill.wait())
+        .await
+        .expect("the backfill finishes once the standby catches up")
+        .unwrap();
+    assert!(status.success());
+    let direct = connect(&primary.url("postgres")).await;
+    assert_eq!(count(&direct, USERS_DIFFER).await, 0);
+    drop((direct, replica));
+    tokio::task::spawn_blocking(move || drop((standby, primary)))
+        .await
+        .unwrap();
 }

@@ -43,6 +43,9 @@ pub struct Cluster {
     pub port: u16,
     pub dir: PathBuf,
     pub bin_dir: PathBuf,
+    /// The `-c` settings it runs with (a standby runs with the same).
+    settings: Vec<(String, String)>,
+    user: Option<(u32, u32)>,
     guard: Option<(Child, ChildStdin)>,
 }
 
@@ -150,7 +153,8 @@ impl Cluster {
         let hba_path = data.join("pg_hba.conf");
         let mut hba = options.hba.join("\n");
         hba.push_str(
-            "\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n",
+            "\nlocal all all trust\nhost all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n\
+             host replication all 127.0.0.1/32 trust\n",
         );
         std::fs::write(&hba_path, hba).map_err(|e| failed("writing pg_hba.conf", e))?;
 
@@ -182,6 +186,64 @@ impl Cluster {
         }
         settings.extend(options.settings.iter().cloned());
 
+        Cluster::launch(bin_dir, dir, settings, user)
+    }
+
+    /// A streaming standby of this cluster (`pg_basebackup -R`) on a port of its own, with the same
+    /// settings; stopped and removed when dropped.
+    pub fn start_standby(&self) -> Result<Cluster, ClusterError> {
+        let dir = tempfile::Builder::new()
+            .prefix("pgshift-standby-")
+            .tempdir()
+            .map_err(|e| failed("creating a temp dir", e))?
+            .keep();
+        if let Some((uid, gid)) = self.user {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .map_err(|e| failed("chown of the temp dir", e))?;
+        }
+        let mut backup = Command::new(self.tool("pg_basebackup"));
+        backup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-X", "stream", "-R", "-c", "fast", "-D"])
+            .arg(dir.join("data"));
+        if let Some((uid, gid)) = self.user {
+            use std::os::unix::process::CommandExt;
+            backup.uid(uid).gid(gid);
+        }
+        let out = backup
+            .output()
+            .map_err(|e| failed("running pg_basebackup", e))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(failed(
+                "pg_basebackup",
+                String::from_utf8_lossy(&out.stderr),
+            ));
+        }
+        Cluster::launch(self.bin_dir.clone(), dir, self.settings.clone(), self.user)
+    }
+
+    /// Starts the postmaster of `dir/data` on a free port (retried on a port race).
+    fn launch(
+        bin_dir: PathBuf,
+        dir: PathBuf,
+        settings: Vec<(String, String)>,
+        user: Option<(u32, u32)>,
+    ) -> Result<Cluster, ClusterError> {
+        let data = dir.join("data");
+        let as_user = |cmd: &mut Command| {
+            if let Some((uid, gid)) = user {
+                use std::os::unix::process::CommandExt;
+                cmd.uid(uid).gid(gid);
+            }
+        };
         let mut last_error = String::new();
         for _ in 0..3 {
             let port = free_port();
@@ -225,6 +287,8 @@ rm -rf "$dir""#;
                 port,
                 dir: dir.clone(),
                 bin_dir: bin_dir.clone(),
+                settings: settings.clone(),
+                user,
                 guard: Some((child, stdin)),
             };
             match cluster.wait_ready(Duration::from_secs(60)) {
@@ -260,6 +324,16 @@ rm -rf "$dir""#;
         }
     }
 
+    /// A client tool beside the server binaries, else from PATH.
+    fn tool(&self, name: &str) -> PathBuf {
+        let beside = self.bin_dir.join(name);
+        if beside.is_file() {
+            beside
+        } else {
+            name.into()
+        }
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
@@ -271,9 +345,7 @@ rm -rf "$dir""#;
 
     /// Runs `sql` in `database` with psql as the superuser, stopping at the first error; psql's stderr if it fails.
     pub fn psql(&self, database: &str, sql: &str) -> Result<(), String> {
-        let psql = self.bin_dir.join("psql");
-        let psql = if psql.is_file() { psql } else { "psql".into() };
-        let out = Command::new(psql)
+        let out = Command::new(self.tool("psql"))
             .args([
                 "-X",
                 "-q",
