@@ -520,21 +520,27 @@ pub async fn verify(
     store::ensure(&*client)
         .await
         .map_err(db("creating the pgshift schema"))?;
-    let began = std::time::SystemTime::now();
     let estimated: i64 = client
         .query_one(&mapping.estimate_sql(), &[])
         .await
         .map_err(db("estimating the source's rows"))?
         .get(0);
+    let (run, mut verdict, mut last_key) = store::open_verification(
+        &*client,
+        migration,
+        epoch,
+        &mapping.fingerprint(),
+        mapping.direction.label(),
+    )
+    .await
+    .map_err(db("recording the verification"))?;
     report(Event::Started {
         migration: migration.to_owned(),
         direction: mapping.direction.label(),
         estimated_rows: estimated,
-        resumed_from: None,
-        rows_done: 0,
+        resumed_from: last_key.clone(),
+        rows_done: verdict.rows_checked,
     });
-    let mut verdict = store::Verdict::default();
-    let mut last_key: Option<Vec<String>> = None;
     let mut shown_so_far = 0;
     // Reading is cheaper than writing: chunks may be larger than backfill batches.
     let mut size = limits.max_rows.min(10_000).max(limits.min_rows);
@@ -542,7 +548,16 @@ pub async fn verify(
         max_rows: limits.max_rows.saturating_mul(4),
         ..limits.clone()
     };
+    let started = Instant::now();
+    let mut checked_here: u64 = 0;
     loop {
+        // `max_rate` holds for verify too: its reads load the primary.
+        tokio::time::sleep(pace::rate_pause(
+            checked_here,
+            started.elapsed(),
+            limits.max_rate,
+        ))
+        .await;
         let begun = Instant::now();
         let (differences, rows, key) =
             verify_chunk(client, mapping, last_key.as_deref(), size).await?;
@@ -551,6 +566,7 @@ pub async fn verify(
             break;
         }
         verdict.rows_checked += rows;
+        checked_here += rows as u64;
         for (kind, _) in &differences {
             match kind.as_str() {
                 "missing" => verdict.missing += 1,
@@ -586,19 +602,14 @@ pub async fn verify(
             differences: differences.len() as i64,
         });
         last_key = key;
+        store::save_verification(&*client, run, &verdict, last_key.as_deref(), false)
+            .await
+            .map_err(db("recording the verification"))?;
         size = pace::next_size(size, took, &chunk_limits);
     }
-    store::record_verification(
-        &*client,
-        migration,
-        epoch,
-        &mapping.fingerprint(),
-        mapping.direction.label(),
-        began,
-        &verdict,
-    )
-    .await
-    .map_err(db("recording the verification"))?;
+    store::save_verification(&*client, run, &verdict, last_key.as_deref(), true)
+        .await
+        .map_err(db("recording the verification"))?;
     report(Event::Verified {
         migration: migration.to_owned(),
         clean: verdict.remaining == 0,

@@ -17,8 +17,10 @@ const PROGRESS: &str = "SELECT json_build_object(
     'verifications', (SELECT coalesce(json_agg(json_build_object(
         'migration', migration, 'finished_at', finished_at, 'age_seconds', extract(epoch FROM now() - finished_at)::bigint,
         'rows_checked', rows_checked, 'missing', missing, 'extra', extra, 'different', different,
-        'repaired', repaired, 'clean', clean) ORDER BY migration), '[]')
-        FROM (SELECT DISTINCT ON (migration) * FROM pgshift.verifications ORDER BY migration, finished_at DESC) v)
+        'repaired', repaired, 'clean', clean, 'fresh', clean AND finished_at > now() - interval '24 hours')
+        ORDER BY migration), '[]')
+        FROM (SELECT DISTINCT ON (migration) * FROM pgshift.verifications WHERE finished_at IS NOT NULL
+              ORDER BY migration, finished_at DESC) v)
 )::text";
 
 /// Keeps `out` at the latest progress; `null` without a control DSN. Runs until dropped.

@@ -25,15 +25,18 @@ CREATE TABLE IF NOT EXISTS pgshift.verifications (
     mapping      text NOT NULL,
     direction    text NOT NULL,
     epoch        text NOT NULL,
-    started_at   timestamptz NOT NULL,
-    finished_at  timestamptz NOT NULL DEFAULT now(),
-    rows_checked bigint NOT NULL,
-    chunks       bigint NOT NULL,
-    missing      bigint NOT NULL,
-    extra        bigint NOT NULL,
-    different    bigint NOT NULL,
-    repaired     bigint NOT NULL,
-    clean        boolean NOT NULL
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at  timestamptz,
+    last_key     text[],
+    rows_checked bigint NOT NULL DEFAULT 0,
+    chunks       bigint NOT NULL DEFAULT 0,
+    missing      bigint NOT NULL DEFAULT 0,
+    extra        bigint NOT NULL DEFAULT 0,
+    different    bigint NOT NULL DEFAULT 0,
+    repaired     bigint NOT NULL DEFAULT 0,
+    remaining    bigint NOT NULL DEFAULT 0,
+    clean        boolean
 );";
 
 pub async fn ensure(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
@@ -140,33 +143,70 @@ pub struct Verdict {
     pub remaining: i64,
 }
 
-pub async fn record_verification(
+/// A verify run: resumed when the last run of this migration under the same mapping did not finish, else new.
+/// Returns its id, the verdict so far and the key it stopped after.
+pub async fn open_verification(
     client: &impl GenericClient,
     migration: &str,
     epoch: &str,
     mapping: &str,
     direction: &str,
-    started: std::time::SystemTime,
+) -> Result<(i64, Verdict, Option<Vec<String>>), tokio_postgres::Error> {
+    let unfinished = client
+        .query_opt(
+            "SELECT id, last_key, rows_checked, chunks, missing, extra, different, repaired, remaining \
+             FROM pgshift.verifications WHERE migration = $1 AND mapping = $2 AND finished_at IS NULL \
+             AND id = (SELECT max(id) FROM pgshift.verifications WHERE migration = $1)",
+            &[&migration, &mapping],
+        )
+        .await?;
+    if let Some(r) = unfinished {
+        let verdict = Verdict {
+            rows_checked: r.get(2),
+            chunks: r.get(3),
+            missing: r.get(4),
+            extra: r.get(5),
+            different: r.get(6),
+            repaired: r.get(7),
+            remaining: r.get(8),
+        };
+        return Ok((r.get(0), verdict, r.get(1)));
+    }
+    let id = client
+        .query_one(
+            "INSERT INTO pgshift.verifications (migration, mapping, direction, epoch) VALUES ($1, $2, $3, $4) \
+             RETURNING id",
+            &[&migration, &mapping, &direction, &epoch],
+        )
+        .await?
+        .get(0);
+    Ok((id, Verdict::default(), None))
+}
+
+/// Records a checked chunk; `finished` closes the run with its verdict.
+pub async fn save_verification(
+    client: &impl GenericClient,
+    id: i64,
     v: &Verdict,
+    last_key: Option<&[String]>,
+    finished: bool,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "INSERT INTO pgshift.verifications (migration, mapping, direction, epoch, started_at, rows_checked, \
-             chunks, missing, extra, different, repaired, clean) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            "UPDATE pgshift.verifications SET last_key = $2, rows_checked = $3, chunks = $4, missing = $5, \
+             extra = $6, different = $7, repaired = $8, remaining = $9, updated_at = now(), \
+             finished_at = CASE WHEN $10 THEN now() END, clean = CASE WHEN $10 THEN $9::bigint = 0 END WHERE id = $1",
             &[
-                &migration,
-                &mapping,
-                &direction,
-                &epoch,
-                &started,
+                &id,
+                &last_key,
                 &v.rows_checked,
                 &v.chunks,
                 &v.missing,
                 &v.extra,
                 &v.different,
                 &v.repaired,
-                &(v.remaining == 0),
+                &v.remaining,
+                &finished,
             ],
         )
         .await

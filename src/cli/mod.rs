@@ -87,6 +87,9 @@ pub enum Cmd {
         dsn: Option<String>,
         #[arg(long)]
         repair: bool,
+        /// At most this many rows per second (default: control.backfill.max_rate).
+        #[arg(long)]
+        max_rate: Option<u64>,
         #[arg(long, value_enum, default_value = "auto")]
         format: control::Format,
     },
@@ -187,8 +190,18 @@ pub async fn run(command: Cmd) -> Result<(), CliError> {
             migration,
             dsn,
             repair,
+            max_rate,
             format,
-        } => match verify::run(&config, &migration, dsn.as_deref(), repair, format).await {
+        } => match verify::run(
+            &config,
+            &migration,
+            dsn.as_deref(),
+            repair,
+            max_rate,
+            format,
+        )
+        .await
+        {
             Err(e @ CliError::Differences { .. }) => Err(e),
             other => other.map_err(|e| CliError::Failed(Box::new(e))),
         },

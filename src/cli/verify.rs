@@ -1,5 +1,6 @@
 //! `pgshift verify`: prove the target holds what the source says, chunk by chunk, each chunk compared inside
-//! Postgres in one snapshot; `--repair` makes differing rows right. Exit 1 when differences remain.
+//! Postgres in one snapshot; `--repair` makes differing rows right. Exit 1 when differences remain. A run that
+//! did not finish (killed) is resumed after its last chunk by the next one.
 
 use super::control::{self, Format, Reporter};
 use super::CliError;
@@ -11,9 +12,14 @@ pub async fn run(
     migration: &str,
     dsn: Option<&str>,
     repair: bool,
+    max_rate: Option<u64>,
     format: Format,
 ) -> Result<(), CliError> {
     let mut c = control::open(path, migration, dsn).await?;
+    let mut limits = c.config.control.backfill.clone();
+    if let Some(rate) = max_rate {
+        limits.max_rate = rate;
+    }
     let mut reporter = Reporter::new(format);
     let verdict = backfill::verify(
         &mut c.client,
@@ -21,7 +27,7 @@ pub async fn run(
         &c.config.epoch,
         &c.mapping,
         repair,
-        &c.config.control.backfill,
+        &limits,
         &mut |e| reporter.event(e),
     )
     .await?;

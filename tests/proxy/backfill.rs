@@ -200,6 +200,54 @@ async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() 
         "{out}"
     );
 
+    // A verify killed midway resumes after its last chunk and counts each row once.
+    let slow_dir = tempfile::tempdir().unwrap();
+    let slow = write_config(
+        slow_dir.path(),
+        &db,
+        &users_migration("dual_write", "new_percent = 0"),
+        "min_rows = 100\nmax_rows = 100\nmax_rate = 400",
+    );
+    let mut verify = Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args([
+            "verify",
+            "--format",
+            "json",
+            "--config",
+            slow.to_str().unwrap(),
+            "--migration",
+            "users_v2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let checked = "SELECT coalesce((SELECT rows_checked FROM pgshift.verifications \
+                   WHERE migration = 'users_v2' AND finished_at IS NULL), 0)";
+    eventually(Duration::from_secs(20), "a verify chunk recorded", || {
+        let direct = &direct;
+        async move { count(direct, checked).await >= 200 }
+    })
+    .await;
+    verify.kill().await.unwrap();
+    let saved = count(&direct, checked).await;
+    let (code, events, err) = pgshift(&[
+        "verify",
+        "--max-rate",
+        "0",
+        "--config",
+        slow.to_str().unwrap(),
+        "--migration",
+        "users_v2",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(last(&events, "started")["rows_done"].as_i64(), Some(saved));
+    assert_eq!(
+        last(&events, "verified")["rows_checked"].as_i64(),
+        Some(3000)
+    );
+
     // Every proxy with the control DSN shows the progress on /status.
     let proxy = crate::support::start_proxy(crate::support::ProxyOptions {
         migrations: format!(
