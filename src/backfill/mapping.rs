@@ -349,12 +349,20 @@ impl Mapping {
                 bounds(first)
             ));
         }
-        let same: Vec<String> = self
+        let mut same: Vec<String> = self
             .keys()
             .iter()
             .zip(&target_keys)
             .map(|(s, t)| format!("__pgshift_s.{s} = {t}"))
             .collect();
+        // The same range on the source too, so Postgres walks both keys once (a merge anti join) instead of
+        // the source from its first key.
+        let source_keys: Vec<String> = self
+            .keys()
+            .iter()
+            .map(|k| format!("__pgshift_s.{k}"))
+            .collect();
+        same.push(self.range(&source_keys, lower, upper));
         conditions.push(format!(
             "NOT EXISTS (SELECT 1 FROM {} AS __pgshift_s WHERE {})",
             self.source,
@@ -391,22 +399,62 @@ impl Mapping {
         )
     }
 
-    /// One verify chunk, in one statement (one snapshot): the next `$1` source rows after the key in `$2…`
-    /// compared inside Postgres with the target rows of the same key range. Returns rows of (kind, key as
-    /// text[], n): one per difference (`missing`, `extra`, `different`) and one `chunk` row with the chunk's
-    /// last key and row count. Only differing keys travel, never values.
-    pub fn verify_sql(&self, resume: bool) -> String {
+    /// The key `$last` rows after the key in the first parameters (when `lower`), `$last` being the chunk size:
+    /// where a verify chunk ends. No row: the rest of the table is the last chunk. An index-only walk.
+    pub fn bound_sql(&self, lower: bool) -> String {
+        let n = self.source_key.len();
+        let keys = self.keys();
+        let texts: Vec<String> = keys.iter().map(|key| format!("{key}::text")).collect();
+        let size = if lower { n + 1 } else { 1 };
+        format!(
+            "SELECT ARRAY[{}] FROM {} WHERE {} ORDER BY {} OFFSET ${size}::bigint - 1 LIMIT 1",
+            texts.join(", "),
+            self.source,
+            self.after(&keys, 1, lower),
+            keys.join(", ")
+        )
+    }
+
+    /// `lower < key <= upper` over `columns`; parameters: lower key from `$1` (when `lower`), then upper.
+    fn range(&self, columns: &[String], lower: bool, upper: bool) -> String {
+        let n = self.source_key.len();
+        let bounds = |first: usize| -> String {
+            self.source_key
+                .iter()
+                .enumerate()
+                .map(|(i, (_, ty))| format!("CAST(${}::text AS {ty})", first + i))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut parts = vec!["true".to_owned()];
+        if lower {
+            parts.push(format!("ROW({}) > ROW({})", columns.join(", "), bounds(1)));
+        }
+        if upper {
+            let first = if lower { n + 1 } else { 1 };
+            parts.push(format!(
+                "ROW({}) <= ROW({})",
+                columns.join(", "),
+                bounds(first)
+            ));
+        }
+        parts.join(" AND ")
+    }
+
+    /// One verify chunk, the key range `lower < key <= upper` ([`Mapping::bound_sql`]), in one statement
+    /// (one snapshot): the source rows mapped to the target's shape compared inside Postgres with the target
+    /// rows of the same range. Returns rows of (kind, key as text[], n): one per difference (`missing`,
+    /// `extra`, `different`) and one `chunk` row with the source's row count. Only differing keys travel.
+    pub fn verify_sql(&self, lower: bool, upper: bool) -> String {
         let keys = self.keys();
         let n = keys.len();
-        let order = keys.join(", ");
-        let after = self.after(&keys, 2, resume);
-        let last = self.last_key("__pgshift_s");
+        let source_range = self.range(&keys, lower, upper);
+        let count = "(SELECT count(*) FROM __pgshift_s)";
         match self.kind {
             MigrationKind::Column => format!(
-                "WITH __pgshift_s AS MATERIALIZED (SELECT {}, {} AS __pgshift_differs FROM {} WHERE {after} \
-                 ORDER BY {order} LIMIT $1) \
+                "WITH __pgshift_s AS MATERIALIZED (SELECT {}, {} AS __pgshift_differs FROM {} WHERE {source_range}) \
                  SELECT 'different'::text, ARRAY[{}], 0::bigint FROM __pgshift_s WHERE __pgshift_differs \
-                 UNION ALL SELECT 'chunk', {last}, (SELECT count(*) FROM __pgshift_s)",
+                 UNION ALL SELECT 'chunk', NULL, {count}",
                 self.key_aliases(""),
                 self.differs(""),
                 self.source,
@@ -415,7 +463,7 @@ impl Mapping {
             MigrationKind::Table => {
                 let target_keys: Vec<String> =
                     self.target_key.iter().map(|t| quote_ident(t)).collect();
-                let target_after = self.after(&target_keys, 2, resume);
+                let target_range = self.range(&target_keys, lower, upper);
                 let source_cols: Vec<String> = self
                     .columns
                     .iter()
@@ -433,35 +481,27 @@ impl Mapping {
                     .enumerate()
                     .map(|(i, key)| format!("{key} AS {}", k(i)))
                     .collect();
-                let bound: Vec<String> = (0..n).map(k).collect();
-                let on: Vec<String> = (0..n)
-                    .map(|i| format!("s.{0} = t.{0}", k(i)))
-                    .collect();
+                let on: Vec<String> = (0..n).map(|i| format!("s.{0} = t.{0}", k(i))).collect();
                 let key_text: Vec<String> = (0..n)
                     .map(|i| format!("coalesce(s.{0}, t.{0})::text", k(i)))
                     .collect();
-                let s_cols: Vec<String> = (0..self.columns.len()).map(|i| format!("s.{}", c(i))).collect();
-                let t_cols: Vec<String> = (0..self.columns.len()).map(|i| format!("t.{}", c(i))).collect();
+                let s_cols: Vec<String> =
+                    (0..self.columns.len()).map(|i| format!("s.{}", c(i))).collect();
+                let t_cols: Vec<String> =
+                    (0..self.columns.len()).map(|i| format!("t.{}", c(i))).collect();
                 format!(
-                    "WITH __pgshift_s AS MATERIALIZED (SELECT {}, {} FROM {} WHERE {after} ORDER BY {order} LIMIT $1), \
-                     __pgshift_n AS (SELECT count(*) AS n FROM __pgshift_s), \
-                     __pgshift_last AS (SELECT {} FROM __pgshift_s ORDER BY {} LIMIT 1), \
-                     __pgshift_t AS MATERIALIZED (SELECT {}, {} FROM {} WHERE {target_after} AND \
-                     ((SELECT n FROM __pgshift_n) < $1 OR ROW({}) <= (SELECT {} FROM __pgshift_last))) \
+                    "WITH __pgshift_s AS MATERIALIZED (SELECT {}, {} FROM {} WHERE {source_range}), \
+                     __pgshift_t AS MATERIALIZED (SELECT {}, {} FROM {} WHERE {target_range}) \
                      SELECT CASE WHEN t.{k0} IS NULL THEN 'missing' WHEN s.{k0} IS NULL THEN 'extra' ELSE 'different' END, \
                      ARRAY[{}], 0::bigint FROM __pgshift_s s FULL JOIN __pgshift_t t ON {} \
                      WHERE s.{k0} IS NULL OR t.{k0} IS NULL OR ROW({}) IS DISTINCT FROM ROW({}) \
-                     UNION ALL SELECT 'chunk', {last}, (SELECT n FROM __pgshift_n)",
+                     UNION ALL SELECT 'chunk', NULL, {count}",
                     self.key_aliases(""),
                     source_cols.join(", "),
                     self.source,
-                    bound.join(", "),
-                    bound.iter().map(|b| format!("{b} DESC")).collect::<Vec<_>>().join(", "),
                     target_aliases.join(", "),
                     target_cols.join(", "),
                     self.target,
-                    target_keys.join(", "),
-                    bound.join(", "),
                     key_text.join(", "),
                     on.join(" AND "),
                     s_cols.join(", "),

@@ -562,9 +562,6 @@ pub async fn verify(
         let (differences, rows, key) =
             verify_chunk(client, mapping, last_key.as_deref(), size).await?;
         let took = begun.elapsed();
-        if rows == 0 {
-            break;
-        }
         verdict.rows_checked += rows;
         checked_here += rows as u64;
         for (kind, _) in &differences {
@@ -601,10 +598,13 @@ pub async fn verify(
             rows_done: verdict.rows_checked,
             differences: differences.len() as i64,
         });
-        last_key = key;
-        store::save_verification(&*client, run, &verdict, last_key.as_deref(), false)
+        let Some(key) = key else {
+            break;
+        };
+        store::save_verification(&*client, run, &verdict, Some(&key), false)
             .await
             .map_err(db("recording the verification"))?;
+        last_key = Some(key);
         size = pace::next_size(size, took, &chunk_limits);
     }
     store::save_verification(&*client, run, &verdict, last_key.as_deref(), true)
@@ -651,7 +651,8 @@ async fn values_of(
         .collect())
 }
 
-/// One chunk: its differences, its row count and its last key.
+/// One chunk: the key range after `after` holding `size` source rows (the rest of the table when fewer
+/// remain): its differences, its row count and its last key (`None` for the last chunk).
 async fn verify_chunk(
     client: &Client,
     mapping: &Mapping,
@@ -659,26 +660,38 @@ async fn verify_chunk(
     size: u64,
 ) -> Result<(Differences, i64, Option<Vec<String>>), CopyError> {
     let limit = size as i64;
-    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
     if let Some(key) = after {
         params.extend(key.iter().map(|s| s as &(dyn ToSql + Sync)));
     }
+    params.push(&limit);
+    let upper: Option<Vec<String>> = client
+        .query_opt(&mapping.bound_sql(after.is_some()), &params)
+        .await
+        .map_err(db("finding a chunk's end"))?
+        .map(|r| r.get(0));
+    params.pop();
+    if let Some(key) = &upper {
+        params.extend(key.iter().map(|s| s as &(dyn ToSql + Sync)));
+    }
     let rows = client
-        .query(&mapping.verify_sql(after.is_some()), &params)
+        .query(
+            &mapping.verify_sql(after.is_some(), upper.is_some()),
+            &params,
+        )
         .await
         .map_err(db("comparing a chunk"))?;
     let mut differences = Vec::new();
-    let (mut count, mut last) = (0, None);
+    let mut count = 0;
     for row in rows {
         let kind: String = row.get(0);
         if kind == "chunk" {
-            last = row.get(1);
             count = row.get(2);
         } else {
             differences.push((kind, row.get::<_, Vec<String>>(1)));
         }
     }
-    Ok((differences, count, last))
+    Ok((differences, count, upper))
 }
 
 /// Repairs the differing keys in one transaction (retried on lock timeouts); returns the rows changed.
