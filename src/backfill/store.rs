@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS pgshift.verifications (
     different    bigint NOT NULL DEFAULT 0,
     repaired     bigint NOT NULL DEFAULT 0,
     remaining    bigint NOT NULL DEFAULT 0,
+    -- The first differing keys (key columns joined by ', '), for whoever reads this later.
+    differing_keys text[] NOT NULL DEFAULT '{}',
     clean        boolean
 );";
 
@@ -141,6 +143,8 @@ pub struct Verdict {
     pub repaired: i64,
     /// Differences left after any repair.
     pub remaining: i64,
+    /// The first [`super::SHOWN_WITH_VALUES`] differing keys, key columns joined by ", ".
+    pub differing_keys: Vec<String>,
 }
 
 /// A verify run: resumed when the last run of this migration under the same mapping did not finish, else new.
@@ -154,7 +158,8 @@ pub async fn open_verification(
 ) -> Result<(i64, Verdict, Option<Vec<String>>), tokio_postgres::Error> {
     let unfinished = client
         .query_opt(
-            "SELECT id, last_key, rows_checked, chunks, missing, extra, different, repaired, remaining \
+            "SELECT id, last_key, rows_checked, chunks, missing, extra, different, repaired, remaining, \
+             differing_keys \
              FROM pgshift.verifications WHERE migration = $1 AND mapping = $2 AND finished_at IS NULL \
              AND id = (SELECT max(id) FROM pgshift.verifications WHERE migration = $1)",
             &[&migration, &mapping],
@@ -169,6 +174,7 @@ pub async fn open_verification(
             different: r.get(6),
             repaired: r.get(7),
             remaining: r.get(8),
+            differing_keys: r.get(9),
         };
         return Ok((r.get(0), verdict, r.get(1)));
     }
@@ -194,7 +200,7 @@ pub async fn save_verification(
     client
         .execute(
             "UPDATE pgshift.verifications SET last_key = $2, rows_checked = $3, chunks = $4, missing = $5, \
-             extra = $6, different = $7, repaired = $8, remaining = $9, updated_at = now(), \
+             extra = $6, different = $7, repaired = $8, remaining = $9, differing_keys = $11, updated_at = now(), \
              finished_at = CASE WHEN $10 THEN now() END, clean = CASE WHEN $10 THEN $9::bigint = 0 END WHERE id = $1",
             &[
                 &id,
@@ -207,6 +213,7 @@ pub async fn save_verification(
                 &v.repaired,
                 &v.remaining,
                 &finished,
+                &v.differing_keys,
             ],
         )
         .await
