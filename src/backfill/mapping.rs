@@ -754,6 +754,83 @@ mod tests {
         );
     }
 
+    fn orders_schema() -> Schema {
+        let mut s = Schema::default();
+        let orders = TableName {
+            schema: "public".into(),
+            name: "orders".into(),
+        };
+        s.columns.insert(
+            orders.clone(),
+            vec!["id".into(), "legacy_status".into(), "new_status".into()],
+        );
+        s.types.insert(
+            orders,
+            vec!["bigint".into(), "text".into(), "varchar(20)".into()],
+        );
+        s
+    }
+
+    #[test]
+    fn column_mapping_updates_in_place_and_compares_in_the_target_type() {
+        let m = crate::rewrite::tests::orders_migration(WriteMode::DualWrite);
+        let forward = Mapping::of(&m, &orders_schema()).unwrap();
+        assert_eq!(forward.source, forward.target);
+        let batch = forward.batch_sql(true);
+        assert!(
+            batch.contains(
+                "UPDATE public.orders AS __pgshift_t SET new_status = (upper(legacy_status)) FROM __pgshift_batch \
+                 WHERE __pgshift_t.id = __pgshift_batch.__pgshift_k0 AND ROW(__pgshift_t.new_status) IS DISTINCT FROM \
+                 ROW(CAST(((upper(legacy_status))) AS varchar(20)))"
+            ),
+            "{batch}"
+        );
+        assert!(
+            !batch.contains("FOR SHARE"),
+            "the UPDATE locks what it writes: {batch}"
+        );
+        let back = Mapping::of(
+            &crate::rewrite::tests::orders_migration(WriteMode::NewPrimary),
+            &orders_schema(),
+        )
+        .unwrap();
+        assert_eq!(back.columns[0].name, "legacy_status");
+        assert_eq!(back.columns[0].expr, "(lower(new_status))");
+        assert_eq!(back.columns[0].ty, "text");
+    }
+
+    #[test]
+    fn ranges_bind_lower_then_upper_keys() {
+        let m = crate::rewrite::tests::users_migration(WriteMode::DualWrite);
+        let map = Mapping::of(&m, &schema()).unwrap();
+        let orphans = map.orphans_sql(true, true);
+        assert!(
+            orphans.contains("ROW(__pgshift_t.id) > ROW(CAST($1::text AS bigint))"),
+            "{orphans}"
+        );
+        assert!(
+            orphans.contains("ROW(__pgshift_t.id) <= ROW(CAST($2::text AS bigint))"),
+            "{orphans}"
+        );
+        assert!(
+            orphans.contains("NOT EXISTS (SELECT 1 FROM public.users AS __pgshift_s WHERE __pgshift_s.id = __pgshift_t.id AND true AND ROW(__pgshift_s.id) > ROW(CAST($1::text AS bigint))"),
+            "the anti join is bounded on the source too: {orphans}"
+        );
+        assert!(map
+            .orphans_sql(false, true)
+            .contains("ROW(__pgshift_t.id) <= ROW(CAST($1::text AS bigint))"));
+        let check = map.checksum_sql(false, false);
+        assert!(check.contains("FROM public.users WHERE true)"), "{check}");
+        assert!(
+            check.contains("sum(hashtextextended(ROW(id, display_name)::text, 0))"),
+            "{check}"
+        );
+        assert_eq!(
+            map.bound_sql(true),
+            "SELECT ARRAY[id::text] FROM public.users WHERE ROW(id) > ROW(CAST($1::text AS bigint)) ORDER BY id OFFSET $2::bigint - 1 LIMIT 1"
+        );
+    }
+
     #[test]
     fn unknown_columns_are_an_error_not_a_guess() {
         let m = crate::rewrite::tests::users_migration(WriteMode::DualWrite);
