@@ -279,6 +279,12 @@ pub async fn backfill(
                             batch_size: size,
                         });
                         if wait_or_stop(pace::backoff(attempt), &stop).await {
+                            report(Event::Finished {
+                                migration: migration.to_owned(),
+                                rows_read,
+                                rows_written: rows_written + removed,
+                                stopped_early: true,
+                            });
                             return Ok(Outcome {
                                 rows_read,
                                 rows_written,

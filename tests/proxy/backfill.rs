@@ -793,3 +793,91 @@ async fn table_kind_new_primary_copies_new_back_to_old() {
         Some(1500)
     );
 }
+
+/// A batch that cannot get its row locks in `lock_timeout` is retried, smaller, with backoff; SIGINT stops the
+/// backfill after the batch in hand, and the next run resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_timeouts_are_retried_and_sigint_stops_between_batches() {
+    use tokio::io::AsyncBufReadExt;
+    let db = fresh_db("t_backfill_locks").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+        .batch_execute(
+            "INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 1000) g",
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &db,
+        &users_migration("dual_write", "new_percent = 0"),
+        "min_rows = 100\nmax_rows = 100\nlock_timeout = \"50ms\"",
+    );
+    // Another session holds row 500 (as a long transaction of the application would).
+    let holder = connect(&cluster().url(&db)).await;
+    holder
+        .batch_execute("BEGIN; SELECT * FROM users WHERE id = 500 FOR UPDATE")
+        .await
+        .unwrap();
+    let mut backfill = Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args([
+            "backfill",
+            "--format",
+            "json",
+            "--config",
+            config.to_str().unwrap(),
+            "--migration",
+            "users_v2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(backfill.stdout.take().unwrap()).lines();
+    let mut retried = 0;
+    while retried < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("an event within 30 s")
+            .unwrap()
+            .expect("still running");
+        let e: Value = serde_json::from_str(&line).unwrap();
+        if e["event"] == "retrying" {
+            assert!(e["error"].as_str().unwrap().contains("55P03"), "{e}");
+            retried += 1;
+        }
+    }
+    let pid = i32::try_from(backfill.id().unwrap()).unwrap();
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let mut finished = None;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let e: Value = serde_json::from_str(&line).unwrap();
+        if e["event"] == "finished" {
+            finished = Some(e);
+        }
+    }
+    let finished = finished.expect("a finished event");
+    assert_eq!(finished["stopped_early"], true, "{finished}");
+    assert_eq!(
+        finished["rows_read"].as_i64(),
+        Some(400),
+        "the batches before row 500: {finished}"
+    );
+    assert!(backfill.wait().await.unwrap().success());
+    holder.batch_execute("COMMIT").await.unwrap();
+    let (code, events, err) = pgshift(&[
+        "backfill",
+        "--config",
+        config.to_str().unwrap(),
+        "--migration",
+        "users_v2",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(last(&events, "started")["rows_done"].as_i64(), Some(400));
+    assert_eq!(last(&events, "finished")["rows_read"].as_i64(), Some(1000));
+    assert_eq!(count(&direct, USERS_DIFFER).await, 0);
+}
