@@ -57,6 +57,10 @@ pub enum Cmd {
         /// Read the tables' columns from this database (needed for most rewrites).
         #[arg(long)]
         dsn: Option<String>,
+        /// Show the shadow comparison of a read instead: one statement evaluating it on old and on new (and
+        /// on old twice, the noise floor), to run by hand.
+        #[arg(long)]
+        shadow: bool,
         /// The SQL, as the application sends it.
         sql: String,
     },
@@ -174,8 +178,16 @@ pub async fn run(command: Cmd) -> Result<(), CliError> {
             config,
             route,
             dsn,
+            shadow: false,
             sql,
         } => rewrite::run(&config, route.as_deref(), dsn.as_deref(), &sql).await,
+        Cmd::Rewrite {
+            config,
+            dsn,
+            shadow: true,
+            sql,
+            ..
+        } => rewrite::shadow(&config, dsn.as_deref(), &sql).await,
         Cmd::Backfill {
             config,
             migration,

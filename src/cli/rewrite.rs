@@ -4,16 +4,11 @@
 use super::CliError;
 use crate::admin;
 use crate::config::{Config, Overrides};
-use crate::rewrite::{DmlTag, Plan, Shape};
+use crate::rewrite::{shadow, DmlTag, Plan, Schema, Shape};
 use crate::routing::Route;
 use std::path::Path;
 
-pub async fn run(
-    path: &Path,
-    route: Option<&str>,
-    dsn: Option<&str>,
-    sql: &str,
-) -> Result<(), CliError> {
+async fn load(path: &Path, dsn: Option<&str>) -> Result<(Config, Schema), CliError> {
     let config = Config::load(path, &Overrides::default())?;
     let schema = match dsn {
         Some(dsn) => {
@@ -23,6 +18,51 @@ pub async fn run(
         }
         None => Default::default(),
     };
+    Ok((config, schema))
+}
+
+/// `pgshift rewrite --shadow`: the comparison statements of a read, or why it is not compared.
+pub async fn shadow(path: &Path, dsn: Option<&str>, sql: &str) -> Result<(), CliError> {
+    let (config, schema) = load(path, dsn).await?;
+    let new_plan = admin::rewrite(sql, &config, &schema, Route::New);
+    match shadow::compare(sql, &new_plan) {
+        Ok(c) => {
+            let how = if c.ordered {
+                "as sequences (the query orders its rows): the first two columns are 1 when they differ"
+            } else {
+                "as multisets: rows only in old, rows only in new"
+            };
+            println!(
+                "-- fingerprint {}; compared {how}, then each side's row count",
+                c.fingerprint
+            );
+            println!("-- old against new:\n{};", c.old_vs_new);
+            println!(
+                "-- old against old (the statement's own nondeterminism):\n{};",
+                c.old_vs_old
+            );
+        }
+        Err(skip) => println!(
+            "-- not compared ({}): {}",
+            skip.label(),
+            match skip {
+                shadow::Skip::NotARead => "only single plain queries are compared",
+                shadow::Skip::Locking => "a comparison would take locks on the client's behalf",
+                shadow::Skip::NotRouted =>
+                    "the new route does not rewrite it (give --dsn so the catalog is known)",
+            }
+        ),
+    }
+    Ok(())
+}
+
+pub async fn run(
+    path: &Path,
+    route: Option<&str>,
+    dsn: Option<&str>,
+    sql: &str,
+) -> Result<(), CliError> {
+    let (config, schema) = load(path, dsn).await?;
     let routes = match route {
         Some("new") => vec![Route::New],
         Some(_) => vec![Route::Old],

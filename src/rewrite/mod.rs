@@ -19,6 +19,7 @@ pub mod primary;
 pub mod read_route;
 pub mod reads;
 pub mod refusal;
+pub mod shadow;
 pub mod shape;
 pub mod splice;
 pub mod sqltext;

@@ -16,5 +16,6 @@ mod orms;
 mod raw;
 mod reload;
 mod routing;
+mod shadow;
 mod tls;
 mod tokio_pg;
