@@ -437,33 +437,67 @@ async fn settle_after_commit(
             return Ok(0);
         }
     }
-    let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
-    for key in [lower, upper].into_iter().flatten() {
-        params.extend(key.iter().map(|s| s as &(dyn ToSql + Sync)));
-    }
+    repair_rows(
+        client,
+        mapping,
+        limits,
+        &Repair::OrphansIn { lower, upper },
+        "settling a batch",
+    )
+    .await
+}
+
+/// Which target rows a repair makes what the source says.
+enum Repair<'k> {
+    Keys(Vec<Vec<String>>),
+    /// The target rows of a key range whose source row is gone, found and locked in the repair's transaction.
+    OrphansIn {
+        lower: Option<&'k [String]>,
+        upper: Option<&'k [String]>,
+    },
+}
+
+/// One repair transaction with the batch timeouts, retried with backoff on timeouts and conflicts; returns the
+/// rows changed.
+async fn repair_rows(
+    client: &mut Client,
+    mapping: &Mapping,
+    limits: &BackfillSection,
+    which: &Repair<'_>,
+    what: &'static str,
+) -> Result<i64, CopyError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let result = async {
             let tx = client.transaction().await?;
             tx.batch_execute(&timeouts(limits)).await?;
-            let orphans: Vec<Vec<String>> = tx
-                .query(
-                    &mapping.orphans_sql(lower.is_some(), upper.is_some()),
-                    &params,
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let keys: Vec<Vec<String>> = match which {
+                Repair::Keys(keys) => keys.clone(),
+                Repair::OrphansIn { lower, upper } => {
+                    let params: Vec<&(dyn ToSql + Sync)> = [lower, upper]
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|key| key.iter().map(|s| s as &(dyn ToSql + Sync)))
+                        .collect();
+                    tx.query(
+                        &mapping.orphans_sql(lower.is_some(), upper.is_some()),
+                        &params,
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect()
+                }
+            };
             let mut changed = 0;
-            if !orphans.is_empty() {
+            if !keys.is_empty() {
                 // A new statement, so a new snapshot: what it sees of the source is what holds now that the
                 // target rows are locked.
-                let columns = key_columns(&orphans, mapping.source_key.len());
-                let p: Vec<&(dyn ToSql + Sync)> =
+                let columns = key_columns(&keys, mapping.source_key.len());
+                let params: Vec<&(dyn ToSql + Sync)> =
                     columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-                let row = tx.query_one(&mapping.repair_sql(), &p).await?;
+                let row = tx.query_one(&mapping.repair_sql(), &params).await?;
                 changed = row.get::<_, i64>(0) + row.get::<_, i64>(1);
             }
             tx.commit().await?;
@@ -475,7 +509,7 @@ async fn settle_after_commit(
             Err(e) if transient(&e).is_some() && attempt < MAX_ATTEMPTS => {
                 tokio::time::sleep(pace::backoff(attempt)).await;
             }
-            Err(e) => return Err(db("settling a batch")(e)),
+            Err(e) => return Err(db(what)(e)),
         }
     }
 }
@@ -599,7 +633,15 @@ pub async fn verify(
         verdict.chunks += 1;
         let mut remaining = differences.len() as i64;
         if repair && !differences.is_empty() {
-            verdict.repaired += repair_keys(client, mapping, &differences, limits).await?;
+            let keys = differences.iter().map(|(_, k)| k.clone()).collect();
+            verdict.repaired += repair_rows(
+                client,
+                mapping,
+                limits,
+                &Repair::Keys(keys),
+                "repairing differences",
+            )
+            .await?;
             let (left, _, _) = verify_chunk(client, mapping, last_key.as_deref(), size).await?;
             remaining = left.len() as i64;
         }
@@ -712,36 +754,4 @@ async fn verify_chunk(
         }
     }
     Ok((differences, count, upper))
-}
-
-/// Repairs the differing keys in one transaction (retried on lock timeouts); returns the rows changed.
-async fn repair_keys(
-    client: &mut Client,
-    mapping: &Mapping,
-    differences: &Differences,
-    limits: &BackfillSection,
-) -> Result<i64, CopyError> {
-    let keys: Vec<Vec<String>> = differences.iter().map(|(_, k)| k.clone()).collect();
-    let columns = key_columns(&keys, mapping.source_key.len());
-    let params: Vec<&(dyn ToSql + Sync)> =
-        columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = async {
-            let tx = client.transaction().await?;
-            tx.batch_execute(&timeouts(limits)).await?;
-            let row = tx.query_one(&mapping.repair_sql(), &params).await?;
-            tx.commit().await?;
-            Ok::<i64, tokio_postgres::Error>(row.get::<_, i64>(0) + row.get::<_, i64>(1))
-        }
-        .await;
-        match result {
-            Ok(n) => return Ok(n),
-            Err(e) if transient(&e).is_some() && attempt < MAX_ATTEMPTS => {
-                tokio::time::sleep(pace::backoff(attempt)).await;
-            }
-            Err(e) => return Err(db("repairing differences")(e)),
-        }
-    }
 }

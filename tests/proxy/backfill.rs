@@ -57,6 +57,41 @@ async fn pgshift(args: &[&str]) -> (i32, Vec<Value>, String) {
     )
 }
 
+/// pgshift running in the background with `--format json`; with `events`, its events are read as they come.
+fn start(args: &[&str], events: bool) -> (tokio::process::Child, Option<Events>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(args)
+        .args(["--format", "json"])
+        .stdout(if events {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        })
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let events = child.stdout.take().map(|out| {
+        Events(tokio::io::AsyncBufReadExt::lines(
+            tokio::io::BufReader::new(out),
+        ))
+    });
+    (child, events)
+}
+
+struct Events(tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>);
+
+impl Events {
+    /// The next event within 30 s; `None` once pgshift has exited.
+    async fn next(&mut self) -> Option<Value> {
+        let line = tokio::time::timeout(Duration::from_secs(30), self.0.next_line())
+            .await
+            .expect("an event within 30 s")
+            .unwrap()?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line}: {e}")))
+    }
+}
+
 fn last<'a>(events: &'a [Value], event: &str) -> &'a Value {
     events
         .iter()
@@ -208,20 +243,16 @@ async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() 
         &users_migration("dual_write", "new_percent = 0"),
         "min_rows = 100\nmax_rows = 100\nmax_rate = 400",
     );
-    let mut verify = Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .args([
+    let (mut verify, _) = start(
+        &[
             "verify",
-            "--format",
-            "json",
             "--config",
             slow.to_str().unwrap(),
             "--migration",
             "users_v2",
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        ],
+        false,
+    );
     let checked = "SELECT coalesce((SELECT rows_checked FROM pgshift.verifications \
                    WHERE migration = 'users_v2' AND finished_at IS NULL), 0)";
     eventually(Duration::from_secs(20), "a verify chunk recorded", || {
@@ -384,12 +415,7 @@ async fn a_killed_backfill_resumes_and_a_changed_mapping_starts_over() {
     );
     let config = config.to_str().unwrap();
     let args = ["--config", config, "--migration", "users_v2"];
-    let mut slow = Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .args([&["backfill", "--format", "json"][..], &args].concat())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut slow, _) = start(&[&["backfill"][..], &args].concat(), false);
     let progress = "SELECT coalesce((SELECT rows_read FROM pgshift.backfills WHERE migration = 'users_v2'), 0)";
     eventually(
         Duration::from_secs(20),
@@ -581,21 +607,16 @@ async fn limits_reload_on_sighup_and_unreadable_lag_fails_closed() {
         &migration,
         "min_rows = 20\nmax_rows = 20\nmax_rate = 20",
     );
-    let mut slow = Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .args([
+    let (mut slow, _) = start(
+        &[
             "backfill",
-            "--format",
-            "json",
             "--config",
             config.to_str().unwrap(),
             "--migration",
             "users_v2",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+        ],
+        false,
+    );
     eventually(Duration::from_secs(20), "the first batch", || {
         let direct = &direct;
         async move { count(direct, "SELECT count(*) FROM v2.users").await > 0 }
@@ -646,7 +667,6 @@ async fn limits_reload_on_sighup_and_unreadable_lag_fails_closed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_pauses_while_the_standby_lags() {
     use pgshift::cli::demo::cluster::{Cluster, Options};
-    use tokio::io::AsyncBufReadExt;
     let (primary, standby) = tokio::task::spawn_blocking(|| {
         let primary = Cluster::start(&Options::default()).expect("a primary");
         let direct = std::process::Command::new(crate::support::psql_path())
@@ -692,35 +712,21 @@ async fn backfill_pauses_while_the_standby_lags() {
         ),
     )
     .unwrap();
-    let mut backfill = Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .args([
+    let (mut backfill, events) = start(
+        &[
             "backfill",
-            "--format",
-            "json",
             "--config",
             config.to_str().unwrap(),
             "--migration",
             "users_v2",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(backfill.stdout.take().unwrap()).lines();
-    async fn next_event(
-        lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    ) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("an event within 30 s")
-            .unwrap()
-            .expect("the backfill is still running");
-        serde_json::from_str(&line).unwrap()
-    }
+        ],
+        true,
+    );
+    let mut events = events.unwrap();
     // Paused twice in a row (it re-reads the lag every second) with no batch between: it is waiting.
     let mut before_pause = 0;
     loop {
-        let e = next_event(&mut lines).await;
+        let e = events.next().await.expect("the backfill is still running");
         if e["event"] == "paused" {
             break;
         }
@@ -729,7 +735,7 @@ async fn backfill_pauses_while_the_standby_lags() {
         }
     }
     assert!(before_pause < 6, "it must pause before copying everything");
-    let e = next_event(&mut lines).await;
+    let e = events.next().await.expect("the backfill is still running");
     assert_eq!(e["event"], "paused", "{e}");
     replica
         .batch_execute("SELECT pg_wal_replay_resume()")
@@ -798,7 +804,6 @@ async fn table_kind_new_primary_copies_new_back_to_old() {
 /// backfill after the batch in hand, and the next run resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_timeouts_are_retried_and_sigint_stops_between_batches() {
-    use tokio::io::AsyncBufReadExt;
     let db = fresh_db("t_backfill_locks").await;
     let direct = connect(&cluster().url(&db)).await;
     direct.batch_execute(SCHEMA).await.unwrap();
@@ -821,29 +826,20 @@ async fn lock_timeouts_are_retried_and_sigint_stops_between_batches() {
         .batch_execute("BEGIN; SELECT * FROM users WHERE id = 500 FOR UPDATE")
         .await
         .unwrap();
-    let mut backfill = Command::new(env!("CARGO_BIN_EXE_pgshift"))
-        .args([
+    let (mut backfill, events) = start(
+        &[
             "backfill",
-            "--format",
-            "json",
             "--config",
             config.to_str().unwrap(),
             "--migration",
             "users_v2",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(backfill.stdout.take().unwrap()).lines();
+        ],
+        true,
+    );
+    let mut events = events.unwrap();
     let mut retried = 0;
     while retried < 2 {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("an event within 30 s")
-            .unwrap()
-            .expect("still running");
-        let e: Value = serde_json::from_str(&line).unwrap();
+        let e = events.next().await.expect("still running");
         if e["event"] == "retrying" {
             assert!(e["error"].as_str().unwrap().contains("55P03"), "{e}");
             retried += 1;
@@ -853,8 +849,7 @@ async fn lock_timeouts_are_retried_and_sigint_stops_between_batches() {
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     let mut finished = None;
-    while let Some(line) = lines.next_line().await.unwrap() {
-        let e: Value = serde_json::from_str(&line).unwrap();
+    while let Some(e) = events.next().await {
         if e["event"] == "finished" {
             finished = Some(e);
         }
