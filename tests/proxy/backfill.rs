@@ -110,19 +110,22 @@ fn keys_of(events: &[Value], kind: &str) -> Vec<String> {
     keys
 }
 
+/// A fresh database with the schema and `seed` run in it, and a direct connection.
+async fn seeded(name: &str, seed: &str) -> (String, Client) {
+    let db = fresh_db(name).await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct.batch_execute(seed).await.unwrap();
+    (db, direct)
+}
+
 async fn count(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() {
-    let db = fresh_db("t_backfill_table").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct.batch_execute(SCHEMA).await.unwrap();
-    direct
-        .batch_execute("INSERT INTO users (fullname, email) SELECT 'name ' || g, 'e' || g FROM generate_series(1, 3000) g")
-        .await
-        .unwrap();
+    let (db, direct) = seeded("t_backfill_table", "INSERT INTO users (fullname, email) SELECT 'name ' || g, 'e' || g FROM generate_series(1, 3000) g").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -318,13 +321,7 @@ async fn backfill_copies_verify_finds_exact_differences_and_repair_fixes_them() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn column_kind_in_both_phases() {
-    let db = fresh_db("t_backfill_column").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct.batch_execute(SCHEMA).await.unwrap();
-    direct
-        .batch_execute("INSERT INTO orders (legacy_status) SELECT CASE WHEN g % 7 = 0 THEN NULL ELSE 'st' || g % 5 END FROM generate_series(1, 1200) g")
-        .await
-        .unwrap();
+    let (db, direct) = seeded("t_backfill_column", "INSERT INTO orders (legacy_status) SELECT CASE WHEN g % 7 = 0 THEN NULL ELSE 'st' || g % 5 END FROM generate_series(1, 1200) g").await;
     let dir = tempfile::tempdir().unwrap();
     let dual = write_config(
         dir.path(),
@@ -399,13 +396,7 @@ async fn column_kind_in_both_phases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backfill_resumes_and_a_changed_mapping_starts_over() {
-    let db = fresh_db("t_backfill_resume").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct.batch_execute(SCHEMA).await.unwrap();
-    direct
-        .batch_execute("INSERT INTO users (fullname, email) SELECT 'name ' || g, 'e' || g FROM generate_series(1, 2000) g")
-        .await
-        .unwrap();
+    let (db, direct) = seeded("t_backfill_resume", "INSERT INTO users (fullname, email) SELECT 'name ' || g, 'e' || g FROM generate_series(1, 2000) g").await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -589,15 +580,11 @@ async fn backfill_is_correct_while_the_application_writes_through_pgshift() {
 /// Limits change while a backfill runs (SIGHUP re-reads them); lag that cannot be read stops it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_reload_on_sighup_and_unreadable_lag_fails_closed() {
-    let db = fresh_db("t_backfill_limits").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct.batch_execute(SCHEMA).await.unwrap();
-    direct
-        .batch_execute(
-            "INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 2000) g",
-        )
-        .await
-        .unwrap();
+    let (db, direct) = seeded(
+        "t_backfill_limits",
+        "INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 2000) g",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let migration = users_migration("dual_write", "new_percent = 0");
     // 20 rows a second: 100 s for the table.
@@ -758,16 +745,12 @@ async fn backfill_pauses_while_the_standby_lags() {
 /// new lacks are removed by the repair.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_kind_new_primary_copies_new_back_to_old() {
-    let db = fresh_db("t_backfill_back").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct.batch_execute(SCHEMA).await.unwrap();
-    direct
-        .batch_execute(
-            "INSERT INTO v2.users SELECT g, 'NAME ' || g, 'e' || g, now() FROM generate_series(1, 1500) g;
+    let (db, direct) = seeded(
+        "t_backfill_back",
+        "INSERT INTO v2.users SELECT g, 'NAME ' || g, 'e' || g, now() FROM generate_series(1, 1500) g;
              INSERT INTO users (id, fullname, email, created_at) VALUES (7, 'stale', 'e7', now()), (99999, 'gone', NULL, now())",
-        )
-        .await
-        .unwrap();
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let migration = users_migration("new_primary", "new_percent = 100").replace(
         "new = \"display_name\" }",
@@ -804,15 +787,11 @@ async fn table_kind_new_primary_copies_new_back_to_old() {
 /// backfill after the batch in hand, and the next run resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_timeouts_are_retried_and_sigint_stops_between_batches() {
-    let db = fresh_db("t_backfill_locks").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct.batch_execute(SCHEMA).await.unwrap();
-    direct
-        .batch_execute(
-            "INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 1000) g",
-        )
-        .await
-        .unwrap();
+    let (db, direct) = seeded(
+        "t_backfill_locks",
+        "INSERT INTO users (fullname) SELECT 'name ' || g FROM generate_series(1, 1000) g",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
