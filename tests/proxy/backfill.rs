@@ -855,3 +855,71 @@ async fn lock_timeouts_are_retried_and_sigint_stops_between_batches() {
     assert_eq!(last(&events, "finished")["rows_read"].as_i64(), Some(1000));
     assert_eq!(count(&direct, USERS_DIFFER).await, 0);
 }
+
+/// A composite key: batches, chunks, differences and repairs keyed by (tenant, id), in key order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_keys() {
+    let (db, direct) = seeded(
+        "t_backfill_composite",
+        "CREATE TABLE accounts (tenant text, id int, balance numeric(12, 2), PRIMARY KEY (tenant, id));
+         CREATE TABLE v2.accounts (tenant text, id int, amount numeric(12, 2), PRIMARY KEY (tenant, id));
+         INSERT INTO accounts SELECT t, g, g * 1.25 FROM generate_series(1, 400) g, unnest(ARRAY['acme', 'b''s', 'zeta']) t;",
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let migration = "[[migration]]\nname = \"accounts_v2\"\nkind = \"table\"\ntable = \"accounts\"\n\
+        new_table = \"v2.accounts\"\nkey = [\"tenant\", \"id\"]\ncolumns = [{ old = \"balance\", new = \"amount\" }]\n\
+        writes = \"dual_write\"\n";
+    let config = write_config(dir.path(), &db, migration, SMALL_BATCHES);
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--migration",
+        "accounts_v2",
+    ];
+    let (code, events, err) = pgshift(&[&["backfill"][..], &args].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        last(&events, "finished")["rows_written"].as_i64(),
+        Some(1200)
+    );
+    let differ = "SELECT count(*) FROM accounts a FULL JOIN v2.accounts n USING (tenant, id) \
+                  WHERE a.id IS NULL OR n.id IS NULL OR a.balance IS DISTINCT FROM n.amount";
+    assert_eq!(count(&direct, differ).await, 0);
+    direct
+        .batch_execute(
+            "UPDATE v2.accounts SET amount = 0 WHERE tenant = 'b''s' AND id = 17;
+             DELETE FROM v2.accounts WHERE tenant = 'zeta' AND id = 400;
+             INSERT INTO v2.accounts VALUES ('acme', 0, 1)",
+        )
+        .await
+        .unwrap();
+    let (code, events, _) = pgshift(&[&["verify"][..], &args].concat()).await;
+    assert_eq!(code, 1);
+    let mut keys: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["event"] == "difference")
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap().to_owned(),
+                format!(
+                    "{},{}",
+                    e["key"][0].as_str().unwrap(),
+                    e["key"][1].as_str().unwrap()
+                ),
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            ("different".to_owned(), "b's,17".to_owned()),
+            ("extra".to_owned(), "acme,0".to_owned()),
+            ("missing".to_owned(), "zeta,400".to_owned()),
+        ]
+    );
+    let (code, _, err) = pgshift(&[&["verify", "--repair"][..], &args].concat()).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(count(&direct, differ).await, 0);
+}
