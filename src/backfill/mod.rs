@@ -51,14 +51,25 @@ pub enum LagSource {
 impl LagSource {
     async fn read(&self, primary: &Client) -> Result<Duration, CopyError> {
         let secs: f64 = match self {
-            LagSource::Primary => primary
-                .query_one(
-                    "SELECT coalesce(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_stat_replication",
-                    &[],
-                )
-                .await
-                .map_err(db("reading pg_stat_replication"))?
-                .get(0),
+            LagSource::Primary => {
+                let row = primary
+                    .query_one(
+                        "SELECT count(*) FILTER (WHERE state IS NULL), \
+                         coalesce(max(extract(epoch FROM replay_lag)), 0)::float8 FROM pg_stat_replication",
+                        &[],
+                    )
+                    .await
+                    .map_err(db("reading pg_stat_replication"))?;
+                // Without pg_monitor (or pg_read_all_stats) the replicas are listed with their columns NULL.
+                if row.get::<_, i64>(0) > 0 {
+                    return Err(CopyError::LagUnreadable(
+                        "pg_stat_replication hides the replicas' lag from this role: grant it pg_monitor, \
+                         or set [control] replica_dsn"
+                            .into(),
+                    ));
+                }
+                row.get(1)
+            }
             LagSource::Replica(replica) => {
                 let row = replica
                     .query_one(
@@ -433,7 +444,8 @@ async fn settle_after_commit(
             report(Event::Waiting { statements: older });
         }
         if wait_or_stop(Duration::from_millis(5), stop).await {
-            // The rows stay as copied; a later run or `verify --repair` settles them.
+            // Stopped while waiting: this range stays as copied; `verify --repair` (or the next backfill from
+            // the start) settles it.
             return Ok(0);
         }
     }

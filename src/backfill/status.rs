@@ -26,6 +26,7 @@ const PROGRESS: &str = "SELECT json_build_object(
 /// Keeps `out` at the latest progress; `null` without a control DSN. Runs until dropped.
 pub async fn watch(config: Arc<ConfigHandle>, out: watch::Sender<serde_json::Value>) {
     let mut connected: Option<(String, Client)> = None;
+    let mut failing = false;
     loop {
         let current = config.current();
         let value = match current.control.dsn.clone() {
@@ -43,11 +44,15 @@ pub async fn watch(config: Arc<ConfigHandle>, out: watch::Sender<serde_json::Val
                         current.control.password_file.as_deref(),
                     )
                     .await
-                    .map_err(
-                        |e| tracing::warn!(error = %e, "control connection for /status failed"),
-                    )
+                    .map_err(|e| {
+                        // Once per outage, not every round.
+                        if !failing {
+                            tracing::warn!(error = %e, "control connection for /status failed; retrying every 5 s");
+                        }
+                    })
                     .ok()
                     .map(|c| (dsn.clone(), c));
+                    failing = connected.is_none();
                 }
                 match &connected {
                     None => serde_json::json!({"error": "cannot connect to [control] dsn"}),

@@ -42,6 +42,19 @@ CREATE TABLE IF NOT EXISTS pgshift.verifications (
 );";
 
 pub async fn ensure(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    // Already there: a role without CREATE on the database may use it (CREATE … IF NOT EXISTS checks the
+    // privilege first).
+    let present: bool = client
+        .query_one(
+            "SELECT to_regclass('pgshift.backfills') IS NOT NULL \
+             AND to_regclass('pgshift.verifications') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    if present {
+        return Ok(());
+    }
     match client.batch_execute(SCHEMA).await {
         // Another pgshift created them at the same moment (unique_violation on the catalog).
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {

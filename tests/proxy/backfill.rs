@@ -735,6 +735,41 @@ async fn backfill_pauses_while_the_standby_lags() {
     assert!(status.success());
     let direct = connect(&primary.url("postgres")).await;
     assert_eq!(count(&direct, USERS_DIFFER).await, 0);
+
+    // A role that may copy but not see replication: pg_stat_replication hides the standby's lag from it, and the
+    // backfill refuses rather than copy unthrottled.
+    direct
+        .batch_execute(
+            "CREATE ROLE plain LOGIN; GRANT USAGE ON SCHEMA v2, pgshift TO plain;
+             GRANT ALL ON ALL TABLES IN SCHEMA public, v2, pgshift TO plain;",
+        )
+        .await
+        .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[upstream]\naddr = {:?}\n[control]\ndsn = {:?}\n{}",
+            primary.addr(),
+            primary.url("postgres").replace("postgres@", "plain@"),
+            users_migration("dual_write", "new_percent = 0")
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = pgshift(&[
+        "backfill",
+        "--config",
+        config.to_str().unwrap(),
+        "--migration",
+        "users_v2",
+    ])
+    .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "pg_stat_replication hides the replicas' lag from this role: grant it pg_monitor"
+        ),
+        "{err}"
+    );
     drop((direct, replica));
     tokio::task::spawn_blocking(move || drop((standby, primary)))
         .await
