@@ -217,9 +217,13 @@ impl Cluster {
             use std::os::unix::process::CommandExt;
             backup.uid(uid).gid(gid);
         }
-        let out = backup
-            .output()
-            .map_err(|e| failed("running pg_basebackup", e))?;
+        let out = match backup.output() {
+            Ok(out) => out,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(failed("running pg_basebackup", e));
+            }
+        };
         if !out.status.success() {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(failed(
