@@ -176,13 +176,17 @@ impl Mapping {
         if !resume {
             return "true".to_owned();
         }
-        let bounds: Vec<String> = self
-            .source_key
+        format!("ROW({}) > ROW({})", columns.join(", "), self.bound(first))
+    }
+
+    /// `CAST($first::text AS t1), CAST($first+1::text AS t2), …`: a key given as text parameters.
+    fn bound(&self, first: usize) -> String {
+        self.source_key
             .iter()
             .enumerate()
             .map(|(i, (_, ty))| format!("CAST(${}::text AS {ty})", first + i))
-            .collect();
-        format!("ROW({}) > ROW({})", columns.join(", "), bounds.join(", "))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// `ARRAY[k0::text, …]` of the last row of `from` in key order.
@@ -319,36 +323,12 @@ impl Mapping {
     /// client's mirrored delete reads the target with its older snapshot and misses the copy. Once those
     /// statements are over, this finds such rows; [`Mapping::repair_sql`] then removes them.
     pub fn orphans_sql(&self, lower: bool, upper: bool) -> String {
-        let n = self.source_key.len();
         let target_keys: Vec<String> = self
             .target_key
             .iter()
             .map(|t| format!("__pgshift_t.{}", quote_ident(t)))
             .collect();
-        let bounds = |first: usize| -> String {
-            self.source_key
-                .iter()
-                .enumerate()
-                .map(|(i, (_, ty))| format!("CAST(${}::text AS {ty})", first + i))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let mut conditions = Vec::new();
-        if lower {
-            conditions.push(format!(
-                "ROW({}) > ROW({})",
-                target_keys.join(", "),
-                bounds(1)
-            ));
-        }
-        if upper {
-            let first = if lower { n + 1 } else { 1 };
-            conditions.push(format!(
-                "ROW({}) <= ROW({})",
-                target_keys.join(", "),
-                bounds(first)
-            ));
-        }
+        let mut conditions = vec![self.range(&target_keys, lower, upper)];
         let mut same: Vec<String> = self
             .keys()
             .iter()
@@ -417,25 +397,20 @@ impl Mapping {
 
     /// `lower < key <= upper` over `columns`; parameters: lower key from `$1` (when `lower`), then upper.
     fn range(&self, columns: &[String], lower: bool, upper: bool) -> String {
-        let n = self.source_key.len();
-        let bounds = |first: usize| -> String {
-            self.source_key
-                .iter()
-                .enumerate()
-                .map(|(i, (_, ty))| format!("CAST(${}::text AS {ty})", first + i))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let mut parts = vec!["true".to_owned()];
         if lower {
-            parts.push(format!("ROW({}) > ROW({})", columns.join(", "), bounds(1)));
+            parts.push(format!(
+                "ROW({}) > ROW({})",
+                columns.join(", "),
+                self.bound(1)
+            ));
         }
         if upper {
-            let first = if lower { n + 1 } else { 1 };
+            let first = if lower { self.source_key.len() + 1 } else { 1 };
             parts.push(format!(
                 "ROW({}) <= ROW({})",
                 columns.join(", "),
-                bounds(first)
+                self.bound(first)
             ));
         }
         parts.join(" AND ")

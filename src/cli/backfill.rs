@@ -2,11 +2,11 @@
 //! throttled on replication lag, resumable. SIGINT stops after the current batch; SIGHUP re-reads the
 //! config's `[control.backfill]` limits (flags given on the command line keep their values).
 
-use super::control::{self, Format, Reporter};
+use super::control::{self, Reporter, Target};
 use super::CliError;
 use crate::backfill::{self, LagSource};
 use crate::config::{BackfillSection, Config, Overrides};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
@@ -40,14 +40,8 @@ impl LimitArgs {
     }
 }
 
-pub async fn run(
-    path: &Path,
-    migration: &str,
-    dsn: Option<&str>,
-    limits: &LimitArgs,
-    format: Format,
-) -> Result<(), CliError> {
-    let mut c = control::open(path, migration, dsn).await?;
+pub async fn run(target: &Target, limits: &LimitArgs) -> Result<(), CliError> {
+    let mut c = control::open(target).await?;
     let lag = match &c.config.control.replica_dsn {
         Some(replica) => LagSource::Replica(
             crate::admin::connect_control(replica, c.config.control.password_file.as_deref())
@@ -61,7 +55,7 @@ pub async fn run(
     let mut terminate = signal(SignalKind::terminate()).map_err(CliError::Signals)?;
     let mut hangup = signal(SignalKind::hangup()).map_err(CliError::Signals)?;
     let signals = {
-        let path: PathBuf = path.to_owned();
+        let path: PathBuf = target.config.clone();
         let flags = limits.clone();
         async move {
             loop {
@@ -80,7 +74,7 @@ pub async fn run(
             }
         }
     };
-    let mut reporter = Reporter::new(format);
+    let mut reporter = Reporter::new(target.format);
     let mut report = |e| reporter.event(e);
     let work = backfill::backfill(
         &mut c.client,

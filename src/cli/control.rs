@@ -8,7 +8,7 @@ use crate::backfill::Event;
 use crate::config::migration::Migration;
 use crate::config::{Config, Overrides};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::path::Path;
+use std::path::PathBuf;
 use tokio_postgres::Client;
 
 /// `--format`: a progress bar for people, JSON lines for machines; `auto` picks by whether stdout is a terminal.
@@ -19,6 +19,23 @@ pub enum Format {
     Json,
 }
 
+/// What `backfill` and `verify` act on, and how they report.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The config file that declares the migration.
+    #[arg(short, long)]
+    pub config: PathBuf,
+    /// The migration's name in the config.
+    #[arg(long)]
+    pub migration: String,
+    /// The database (default: [control] dsn); the password comes from PGPASSWORD or control.password_file.
+    #[arg(long)]
+    pub dsn: Option<String>,
+    /// Progress as a bar (human) or JSON lines; auto: a bar on a terminal.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: Format,
+}
+
 /// The config, the migration named, a connection to its database and its mapping.
 pub struct Control {
     pub config: Config,
@@ -27,8 +44,9 @@ pub struct Control {
     pub mapping: Mapping,
 }
 
-pub async fn open(path: &Path, name: &str, dsn: Option<&str>) -> Result<Control, CliError> {
-    let config = Config::load(path, &Overrides::default())?;
+pub async fn open(target: &Target) -> Result<Control, CliError> {
+    let (name, dsn) = (target.migration.as_str(), target.dsn.as_deref());
+    let config = Config::load(&target.config, &Overrides::default())?;
     let migration = config
         .migrations
         .iter()

@@ -67,35 +67,22 @@ pub enum Cmd {
     /// Copy a migration's existing rows to the side the dual write keeps (new under dual_write, old under
     /// new_primary), in key order, resumable. Exit 0 when done, 2 on error.
     Backfill {
-        #[arg(short, long)]
-        config: PathBuf,
-        /// The migration's name in the config.
-        #[arg(long)]
-        migration: String,
-        /// The database (default: [control] dsn); the password comes from PGPASSWORD or control.password_file.
-        #[arg(long)]
-        dsn: Option<String>,
+        #[command(flatten)]
+        target: control::Target,
         #[command(flatten)]
         limits: backfill::LimitArgs,
-        #[arg(long, value_enum, default_value = "auto")]
-        format: control::Format,
     },
     /// Compare a migration's two sides row by row; with --repair, make the target what the source says.
     /// Exit 0 when clean, 1 when differences remain, 2 on error.
     Verify {
-        #[arg(short, long)]
-        config: PathBuf,
-        #[arg(long)]
-        migration: String,
-        #[arg(long)]
-        dsn: Option<String>,
+        #[command(flatten)]
+        target: control::Target,
+        /// Make each differing target row what the source says, then check its chunk again.
         #[arg(long)]
         repair: bool,
         /// At most this many rows per second (default: control.backfill.max_rate).
         #[arg(long)]
         max_rate: Option<u64>,
-        #[arg(long, value_enum, default_value = "auto")]
-        format: control::Format,
     },
     /// Start a throwaway PostgreSQL cluster with pgshift in front of it, until Ctrl-C or SIGTERM.
     Demo {
@@ -188,32 +175,14 @@ pub async fn run(command: Cmd) -> Result<(), CliError> {
             sql,
             ..
         } => rewrite::shadow(&config, dsn.as_deref(), &sql).await,
-        Cmd::Backfill {
-            config,
-            migration,
-            dsn,
-            limits,
-            format,
-        } => backfill::run(&config, &migration, dsn.as_deref(), &limits, format)
+        Cmd::Backfill { target, limits } => backfill::run(&target, &limits)
             .await
             .map_err(|e| CliError::Failed(Box::new(e))),
         Cmd::Verify {
-            config,
-            migration,
-            dsn,
+            target,
             repair,
             max_rate,
-            format,
-        } => match verify::run(
-            &config,
-            &migration,
-            dsn.as_deref(),
-            repair,
-            max_rate,
-            format,
-        )
-        .await
-        {
+        } => match verify::run(&target, repair, max_rate).await {
             Err(e @ CliError::Differences { .. }) => Err(e),
             other => other.map_err(|e| CliError::Failed(Box::new(e))),
         },
