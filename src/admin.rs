@@ -37,6 +37,23 @@ pub async fn connect_control(
     dsn: &str,
     password_file: Option<&std::path::Path>,
 ) -> Result<Client, AdminError> {
+    let config = control_config(dsn, password_file)?;
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| AdminError::Connect {
+            dsn: redact(dsn),
+            cause: cause(&e),
+        })?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// The connection settings of [`connect_control`], for callers that change the database.
+pub fn control_config(
+    dsn: &str,
+    password_file: Option<&std::path::Path>,
+) -> Result<tokio_postgres::Config, AdminError> {
     let fail = |cause: String| AdminError::Connect {
         dsn: redact(dsn),
         cause,
@@ -56,9 +73,7 @@ pub async fn connect_control(
             config.user(user);
         }
     }
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| fail(cause(&e)))?;
-    tokio::spawn(connection);
-    Ok(client)
+    Ok(config)
 }
 
 /// What went wrong, down to the root: the server's own message (`database "nodb" does not exist`) or the OS

@@ -20,6 +20,8 @@ pub struct HttpState {
     pub config: Arc<ConfigHandle>,
     /// Backfill and verify progress read over the control connection ([`crate::backfill::status`]).
     pub copies: watch::Receiver<serde_json::Value>,
+    /// Shadow-read findings per migration.
+    pub shadow: crate::shadow::Shadow,
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
@@ -68,6 +70,11 @@ fn status_json(state: &HttpState) -> String {
                     "context": r.context,
                     "new_percent": percent(r.new_bp),
                 })).collect::<Vec<_>>(),
+            },
+            "shadow": {
+                "sample_percent": f64::from(m.shadow.sample_ppm) / 10_000.0,
+                "log_values": m.shadow.log_values,
+                "findings": state.shadow.findings().status(&m.name, &m.shadow.thresholds),
             },
         })
     };

@@ -18,3 +18,4 @@ pub mod proxy;
 pub mod rewrite;
 pub mod routing;
 pub mod server;
+pub mod shadow;

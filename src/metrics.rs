@@ -25,6 +25,9 @@ pub const STATEMENTS_REFUSED: &str = "pgshift_statements_refused_total";
 pub const READS: &str = "pgshift_reads_total";
 pub const STATEMENT_DURATION: &str = "pgshift_statement_duration_seconds";
 pub const STATEMENT_ERRORS: &str = "pgshift_statement_errors_total";
+pub const SHADOW_COMPARISONS: &str = "pgshift_shadow_comparisons_total";
+pub const SHADOW_MISMATCH_RATIO: &str = "pgshift_shadow_mismatch_ratio";
+pub const SHADOW_DURATION: &str = "pgshift_shadow_comparison_seconds";
 
 /// Client message kinds counted in [`MESSAGES`], by frontend tag.
 const MESSAGE_KINDS: [(u8, &str); 11] = [
@@ -73,6 +76,13 @@ pub fn install() -> PrometheusHandle {
                     &[
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                         10.0,
+                    ],
+                )
+                .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(SHADOW_DURATION.to_owned()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                     ],
                 )
                 .expect("bucket list is not empty")
@@ -141,6 +151,19 @@ fn describe() {
         STATEMENT_DURATION,
         Unit::Seconds,
         "Latency of statements on migrated tables, from the client's message to the end of its reply, by migration and route."
+    );
+    describe_counter!(
+        SHADOW_COMPARISONS,
+        "Shadow comparisons of sampled reads, by migration and result (match, mismatch, noise, error, skipped)."
+    );
+    describe_gauge!(
+        SHADOW_MISMATCH_RATIO,
+        "Share of a migration's shadow comparisons (under its current mapping) whose sides differed."
+    );
+    describe_histogram!(
+        SHADOW_DURATION,
+        Unit::Seconds,
+        "Time one shadow comparison took on pgshift's own connection (what a client would wait for it on its own)."
     );
     describe_counter!(
         STATEMENT_ERRORS,

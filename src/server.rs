@@ -60,6 +60,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
         handle.clone(),
         control_rx.clone(),
         SessionLimit::new(config.max_connections, None, 0),
+        None,
     )?);
 
     let bind = |addr: SocketAddr| async move {
@@ -70,6 +71,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
     let listener = bind(config.listen_addr).await?;
     let addr = listener.local_addr().expect("bound socket has an address");
     let mut background = vec![tokio::spawn(metrics::upkeep(prometheus.clone()))];
+    let shadow = crate::shadow::Shadow::start(handle.clone());
     let metrics_addr = match config.metrics_addr {
         Some(maddr) => {
             let http_listener = bind(maddr).await?;
@@ -86,6 +88,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
                 phase: control_rx.clone(),
                 config: handle.clone(),
                 copies,
+                shadow: shadow.clone(),
             });
             background.push(tokio::spawn(http::serve(http_listener, state)));
             Some(bound)
@@ -101,6 +104,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
         control_rx,
         workers,
         sessions,
+        Some(shadow),
     ));
     Ok(Running {
         addr,

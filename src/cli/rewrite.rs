@@ -4,8 +4,9 @@
 use super::CliError;
 use crate::admin;
 use crate::config::{Config, Overrides};
-use crate::rewrite::{shadow, DmlTag, Plan, Schema, Shape};
+use crate::rewrite::{DmlTag, Plan, Schema, Shape};
 use crate::routing::Route;
+use crate::shadow::compare::{self, Side};
 use std::path::Path;
 
 async fn load(path: &Path, dsn: Option<&str>) -> Result<(Config, Schema), CliError> {
@@ -25,33 +26,38 @@ async fn load(path: &Path, dsn: Option<&str>) -> Result<(Config, Schema), CliErr
 pub async fn shadow(path: &Path, dsn: Option<&str>, sql: &str) -> Result<(), CliError> {
     let (config, schema) = load(path, dsn).await?;
     let new_plan = admin::rewrite(sql, &config, &schema, Route::New);
-    match shadow::compare(sql, &new_plan) {
+    match compare::compare(sql, &new_plan) {
         Ok(c) => {
             let how = if c.ordered {
-                "as sequences (the query orders its rows): the first two columns are 1 when they differ"
+                "position by position too (the query orders its rows)"
             } else {
-                "as multisets: rows only in old, rows only in new"
+                "as multisets"
             };
+            println!("-- fingerprint {}; compared {how}", c.fingerprint);
+            if let Some(why) = c.nondeterministic {
+                println!("-- its rows depend on the plan ({why}): differences count as noise");
+            }
             println!(
-                "-- fingerprint {}; compared {how}, then each side's row count",
-                c.fingerprint
+                "-- columns: rows only in old, rows only in new, old rows, new rows, order differs"
             );
-            println!("-- old against new:\n{};", c.old_vs_new);
+            println!("-- old against new:\n{};", c.old_vs_new());
             println!(
                 "-- old against old (the statement's own nondeterminism):\n{};",
-                c.old_vs_old
+                c.against_itself(Side::Old)
             );
         }
-        Err(skip) => println!(
-            "-- not compared ({}): {}",
-            skip.label(),
-            match skip {
-                shadow::Skip::NotARead => "only single plain queries are compared",
-                shadow::Skip::Locking => "a comparison would take locks on the client's behalf",
-                shadow::Skip::NotRouted =>
-                    "the new route does not rewrite it (give --dsn so the catalog is known)",
-            }
-        ),
+        Err(skip) => {
+            let hint = if skip == compare::Skip::NotRouted && dsn.is_none() {
+                " (give --dsn so the catalog is known)"
+            } else {
+                ""
+            };
+            println!(
+                "-- not compared ({}): {}{hint}",
+                skip.label(),
+                skip.explain()
+            );
+        }
     }
     Ok(())
 }

@@ -26,6 +26,60 @@ pub struct RawMigration {
     pub reads: RawReads,
     /// Bucketing salt; defaults to the name. Changing it reshuffles which keys are routed to new.
     pub salt: Option<String>,
+    #[serde(default)]
+    pub shadow: RawShadow,
+}
+
+/// `[migration.shadow]`: shadow reads, as written in the file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    /// Share of eligible reads also evaluated on the other route and compared (fractions allowed).
+    #[serde(default)]
+    pub sample_percent: f64,
+    /// Show the differing rows' values in findings and logs, not only their keys.
+    #[serde(default)]
+    pub log_values: bool,
+    /// A statement mismatches only when its mismatch rate exceeds its noise by this much, relatively…
+    #[serde(default = "default_relative_margin")]
+    pub relative_margin_percent: f64,
+    /// …and by this much absolutely (Diffy's defaults: 20 % and 0.03 %).
+    #[serde(default = "default_absolute_margin")]
+    pub absolute_margin_percent: f64,
+    /// No verdict on a statement compared fewer times than this.
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+}
+
+impl Default for RawShadow {
+    fn default() -> Self {
+        RawShadow {
+            sample_percent: 0.0,
+            log_values: false,
+            relative_margin_percent: default_relative_margin(),
+            absolute_margin_percent: default_absolute_margin(),
+            min_samples: default_min_samples(),
+        }
+    }
+}
+
+fn default_relative_margin() -> f64 {
+    20.0
+}
+fn default_absolute_margin() -> f64 {
+    0.03
+}
+fn default_min_samples() -> u64 {
+    10
+}
+
+/// Shadow reads of one migration, validated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shadow {
+    /// Parts per million of eligible reads that are compared.
+    pub sample_ppm: u32,
+    pub log_values: bool,
+    pub thresholds: crate::shadow::verdict::Thresholds,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, serde::Serialize)]
@@ -213,6 +267,7 @@ pub struct Migration {
     pub writes: WriteMode,
     pub reads: Reads,
     pub salt: String,
+    pub shadow: Shadow,
 }
 
 impl Migration {
@@ -412,6 +467,7 @@ pub fn validate(raw: RawMigration, at: &str, problems: &mut Vec<String>) -> Opti
             new_bp,
         });
     }
+    let shadow = validate_shadow(&raw.shadow, &mut pct_problems);
     for p in pct_problems {
         problem(p);
     }
@@ -429,7 +485,30 @@ pub fn validate(raw: RawMigration, at: &str, problems: &mut Vec<String>) -> Opti
         columns: raw.columns,
         writes: raw.writes,
         reads: Reads { new_bp, key, rules },
+        shadow,
     })
+}
+
+fn validate_shadow(raw: &RawShadow, problems: &mut Vec<String>) -> Shadow {
+    let mut percent = |key: &str, value: f64| {
+        if !(0.0..=100.0).contains(&value) || !value.is_finite() {
+            problems.push(format!("shadow.{key} = {value} must be between 0 and 100"));
+            return 0.0;
+        }
+        value / 100.0
+    };
+    let sample = percent("sample_percent", raw.sample_percent);
+    let relative = percent("relative_margin_percent", raw.relative_margin_percent);
+    let absolute = percent("absolute_margin_percent", raw.absolute_margin_percent);
+    Shadow {
+        sample_ppm: (sample * 1_000_000.0).round() as u32,
+        log_values: raw.log_values,
+        thresholds: crate::shadow::verdict::Thresholds {
+            relative,
+            absolute,
+            min_samples: raw.min_samples.max(1),
+        },
+    }
 }
 
 #[cfg(test)]

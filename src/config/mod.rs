@@ -5,7 +5,7 @@ pub mod model;
 pub mod reload;
 
 use migration::Migration;
-pub use model::{BackfillSection, ControlSection};
+pub use model::{BackfillSection, ControlSection, ShadowSection};
 use model::{ClientTlsMode, LogSection, RawConfig, TimeoutsSection, UpstreamTlsMode};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -269,6 +269,14 @@ fn validate(mut raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<S
     }
 
     validate_control(&mut raw.control, base, &mut problems);
+    if raw.control.dsn.is_none() {
+        for m in migrations.iter().filter(|m| m.shadow.sample_ppm > 0) {
+            problems.push(format!(
+                "migration {:?}: shadow.sample_percent needs [control] dsn (comparisons run on pgshift's own connections)",
+                m.name
+            ));
+        }
+    }
 
     match (listen_addr, target) {
         (Some(listen_addr), Some(target)) if problems.is_empty() => Ok(Config {
@@ -315,6 +323,13 @@ fn validate_control(control: &mut ControlSection, base: &Path, problems: &mut Ve
     }
     if b.batch_time.is_zero() {
         problems.push("control.backfill.batch_time must be greater than zero".to_owned());
+    }
+    let s = &control.shadow;
+    if s.connections == 0 || s.queue == 0 || s.statement_timeout.is_zero() {
+        problems.push(
+            "control.shadow.connections, queue and statement_timeout must be greater than zero"
+                .to_owned(),
+        );
     }
 }
 

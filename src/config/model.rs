@@ -150,6 +150,43 @@ pub struct ControlSection {
     pub replica_dsn: Option<String>,
     #[serde(default)]
     pub backfill: BackfillSection,
+    #[serde(default)]
+    pub shadow: ShadowSection,
+}
+
+/// How shadow comparisons run on pgshift's own connections (`[control.shadow]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowSection {
+    /// Comparisons running at once (each on its own connection per database).
+    #[serde(default = "default_shadow_connections")]
+    pub connections: usize,
+    /// Sampled reads waiting for a connection; past this, samples are skipped (`queue_full`).
+    #[serde(default = "default_shadow_queue")]
+    pub queue: usize,
+    /// `statement_timeout` of each comparison statement.
+    #[serde(default = "default_shadow_timeout", with = "humantime_serde")]
+    pub statement_timeout: Duration,
+}
+
+impl Default for ShadowSection {
+    fn default() -> Self {
+        ShadowSection {
+            connections: default_shadow_connections(),
+            queue: default_shadow_queue(),
+            statement_timeout: default_shadow_timeout(),
+        }
+    }
+}
+
+fn default_shadow_connections() -> usize {
+    2
+}
+fn default_shadow_queue() -> usize {
+    1000
+}
+fn default_shadow_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Backfill limits; re-read on SIGHUP while a backfill runs. Command-line flags override them.

@@ -82,6 +82,8 @@ pub struct Timing {
     pub started: std::time::Instant,
     /// The SQLSTATE class of the server's error, if it failed.
     failed: Option<[u8; 2]>,
+    /// A shadow comparison of this read, handed over if it succeeds.
+    pub sample: Option<crate::shadow::Sample>,
 }
 
 impl Timing {
@@ -90,6 +92,7 @@ impl Timing {
             label,
             started: std::time::Instant::now(),
             failed: None,
+            sample: None,
         })
     }
 
@@ -117,6 +120,9 @@ impl Timing {
                 }
             };
             metrics::migration_counter(metric, &action.migration, label, value).increment(1);
+        }
+        if let (None, Some(sample)) = (self.failed, self.sample) {
+            sample.submit();
         }
         if let Some(class) = self.failed {
             ::metrics::counter!(

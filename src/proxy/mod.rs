@@ -60,6 +60,8 @@ pub struct Shared {
     /// Connections that have ended, ever (when to give freed memory back: [`trim`]).
     pub ended: AtomicU64,
     pub phase: watch::Receiver<Phase>,
+    /// Where sessions send sampled reads for shadow comparison.
+    pub shadow: Option<crate::shadow::Shadow>,
 }
 
 impl Shared {
@@ -67,6 +69,7 @@ impl Shared {
         live: Arc<ConfigHandle>,
         phase: watch::Receiver<Phase>,
         sessions: descriptors::SessionLimit,
+        shadow: Option<crate::shadow::Shadow>,
     ) -> Result<Shared, TlsSetupError> {
         let config = (*live.current()).clone();
         let client_tls = match &config.client_tls {
@@ -87,6 +90,7 @@ impl Shared {
             sessions,
             ended: AtomicU64::new(0),
             phase,
+            shadow,
         })
     }
 }
@@ -118,9 +122,10 @@ pub async fn serve(
     mut control: watch::Receiver<Phase>,
     workers: workers::Workers,
     sessions: descriptors::SessionLimit,
+    shadow: Option<crate::shadow::Shadow>,
 ) -> Result<(), TlsSetupError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let shared = Arc::new(Shared::new(live, phase_rx, sessions)?);
+    let shared = Arc::new(Shared::new(live, phase_rx, sessions, shadow)?);
     let mut spare = descriptors::spare();
     let trimmer = tokio::spawn(trim::run(shared.clone()));
     let drain_timeout = shared.config.timeouts.drain;

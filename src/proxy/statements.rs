@@ -13,9 +13,9 @@ use crate::metrics::STATEMENTS_REFUSED;
 use crate::protocol::frame::FrameError;
 use crate::protocol::messages::{self, encode};
 use crate::rewrite::planner::{Planner, Touches};
-use crate::rewrite::ActionKind;
-use crate::rewrite::{self, catalog, Plan, Schema, Shape};
-use crate::routing::{self, SessionFacts};
+use crate::rewrite::{self, catalog, Action, ActionKind, Plan, Schema, Shape};
+use crate::routing::{self, Route, SessionFacts};
+use crate::shadow::{self, compare::Side, Identity, Params, Sample, Shadow};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -59,6 +59,8 @@ pub enum Lookup {
     Settings,
     /// The migrated tables' columns, types and dependents.
     Catalog,
+    /// The client's role and settings, which shadow comparisons take on.
+    Identity,
 }
 
 /// Reads the routing settings; an empty value is a placeholder that was RESET, i.e. not set.
@@ -82,11 +84,26 @@ pub struct Statements {
     /// A statement that may have changed the routing settings ran: read them again at the next boundary.
     settings_unknown: bool,
     statements: HashMap<Vec<u8>, Prepared>,
-    portals: HashMap<Vec<u8>, (Shape, Option<Label>)>,
+    portals: HashMap<Vec<u8>, Portal>,
+    /// Where sampled reads go for shadow comparison.
+    shadow: Option<Shadow>,
+    /// The client's role and settings as last read; `None` until read (or if it could not be).
+    identity: Option<Arc<Identity>>,
+    /// A statement ran that may have changed the role or settings: read them again at the next boundary.
+    identity_unknown: bool,
+    /// The state of the session's sampling draws.
+    draws: u64,
+}
+
+/// A bound portal: how its replies are shaped, its latency label, and its shadow sample if it was drawn.
+struct Portal {
+    shape: Shape,
+    label: Option<Label>,
+    sample: Option<Sample>,
 }
 
 impl Statements {
-    pub fn new(live: Arc<ConfigHandle>, facts: SessionFacts) -> Statements {
+    pub fn new(live: Arc<ConfigHandle>, facts: SessionFacts, shadow: Option<Shadow>) -> Statements {
         let config = live.current();
         let generation = live.generation();
         let mut s = Statements {
@@ -101,6 +118,13 @@ impl Statements {
             settings_unknown: false,
             statements: HashMap::new(),
             portals: HashMap::new(),
+            shadow,
+            identity: None,
+            identity_unknown: true,
+            draws: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0u8)
+            },
         };
         s.select_active(None);
         s
@@ -164,6 +188,9 @@ impl Statements {
                 .collect();
             self.planner.update(None, self.active.clone(), routes);
         }
+        if self.identity_unknown && self.shadowing() {
+            return Some((Lookup::Identity, shadow::IDENTITY_SQL.to_owned()));
+        }
         if self.active.is_empty() || self.schema_generation == Some(self.generation) {
             return None;
         }
@@ -177,7 +204,73 @@ impl Statements {
         match lookup {
             Lookup::Catalog => self.set_schema(rows),
             Lookup::Settings => self.set_settings(rows),
+            Lookup::Identity => {
+                self.identity_unknown = false;
+                self.identity = match rows {
+                    Ok(rows) => rows
+                        .first()
+                        .and_then(|row| Identity::from_row(row))
+                        .map(Arc::new),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the session's role and settings; its reads are not compared");
+                        None
+                    }
+                };
+            }
         }
+    }
+
+    /// Whether a migration applying to this session samples reads for shadow comparison.
+    fn shadowing(&self) -> bool {
+        self.shadow.is_some() && {
+            let config = self.planner.config();
+            self.active
+                .iter()
+                .any(|&i| config.migrations[i].shadow.sample_ppm > 0)
+        }
+    }
+
+    /// Draws whether this read (its plan's `actions`) is compared, and if so prepares its comparison: the
+    /// plan on the new route, the parameters (read only when drawn), the session's identity.
+    fn sample(
+        &mut self,
+        sql: &str,
+        actions: &[Action],
+        params: impl FnOnce() -> Option<Params>,
+    ) -> Option<Sample> {
+        let shadow = self.shadow.as_ref()?;
+        let (migration, served) = actions.iter().find_map(|a| match a.what {
+            ActionKind::ReadOld => Some((&a.migration, Side::Old)),
+            ActionKind::ReadNew => Some((&a.migration, Side::New)),
+            _ => None,
+        })?;
+        let config = self.planner.config();
+        let index = self
+            .active
+            .iter()
+            .copied()
+            .find(|&i| *config.migrations[i].name == **migration)?;
+        let m = &config.migrations[index];
+        if m.shadow.sample_ppm == 0 || !shadow::draw(&mut self.draws, m.shadow.sample_ppm) {
+            return None;
+        }
+        let mapping = shadow::mapping_hash(m);
+        let Some(identity) = self.identity.clone() else {
+            shadow.skipped(&m.name, mapping, "identity_unknown");
+            return None;
+        };
+        let shadow = shadow.clone();
+        let job = shadow::Job {
+            migration: migration.clone(),
+            mapping,
+            database: self.facts.database.clone(),
+            served,
+            sql: sql.to_owned(),
+            new_plan: self.planner.plan_routed(sql, index, Route::New),
+            params: params(),
+            identity,
+        };
+        Some(Sample { job, shadow })
     }
 
     fn set_settings(&mut self, rows: CatalogRows) {
@@ -228,6 +321,9 @@ impl Statements {
         if touches.search_path {
             self.schema_generation = None;
         }
+        if touches.session {
+            self.identity_unknown = true;
+        }
     }
 
     /// Query ('Q'): writes the message to send into `out` and returns its FIFO entry.
@@ -235,7 +331,10 @@ impl Statements {
         let sql = String::from_utf8_lossy(messages::query_text(frame)?).into_owned();
         self.ran(Touches::of(&sql));
         let plan = self.plan(&sql);
-        let timing = Timing::start(label_of(&plan));
+        let mut timing = Timing::start(label_of(&plan));
+        if let Some(t) = timing.as_mut() {
+            t.sample = self.sample(&sql, plan.actions(), || None);
+        }
         let respond = match &*plan {
             Plan::Forward { .. } => {
                 out.extend_from_slice(frame);
@@ -351,11 +450,31 @@ impl Statements {
         }
         let touches = self.statements.get(statement).map(|p| p.touches);
         self.ran(touches.unwrap_or_default());
-        let portal_info = self
-            .statements
-            .get(statement)
-            .map_or((Shape::Same, None), |p| (p.shape.clone(), p.label.clone()));
-        self.portals.insert(portal.to_vec(), portal_info);
+        let (shape, label, query) =
+            self.statements
+                .get(statement)
+                .map_or((Shape::Same, None, None), |p| {
+                    (
+                        p.shape.clone(),
+                        p.label.clone(),
+                        Some((p.query.clone(), p.types.clone())),
+                    )
+                });
+        let sample = match (&label, query) {
+            (Some(label), Some((query, types))) if self.shadow.is_some() => {
+                let actions = label.actions.clone();
+                self.sample(&query, &actions, || bound_params(frame, &types))
+            }
+            _ => None,
+        };
+        self.portals.insert(
+            portal.to_vec(),
+            Portal {
+                shape,
+                label,
+                sample,
+            },
+        );
         out.extend_from_slice(frame);
         entries.push(Entry::forward(Request::Bind));
         Ok(())
@@ -365,7 +484,7 @@ impl Statements {
         let (kind, name) = messages::target(frame)?;
         let shape = match kind {
             b'S' => self.statements.get(name).map(|p| p.shape.clone()),
-            _ => self.portals.get(name).map(|(shape, _)| shape.clone()),
+            _ => self.portals.get(name).map(|p| p.shape.clone()),
         };
         out.extend_from_slice(frame);
         Ok(single(Request::Describe, shape, None))
@@ -373,9 +492,9 @@ impl Statements {
 
     pub fn on_execute(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let portal = messages::execute_portal(frame)?;
-        let (shape, label) = match self.portals.get(portal) {
-            Some((shape, label)) => (Some(shape.clone()), label.clone()),
-            None => (None, None),
+        let (shape, label, sample) = match self.portals.get_mut(portal) {
+            Some(p) => (Some(p.shape.clone()), p.label.clone(), p.sample.take()),
+            None => (None, None, None),
         };
         let start = out.len();
         out.extend_from_slice(frame);
@@ -391,7 +510,11 @@ impl Statements {
                 out[end - 4..].copy_from_slice(&0i32.to_be_bytes());
             }
         }
-        Ok(single(Request::Execute, shape, label))
+        let mut entry = single(Request::Execute, shape, label);
+        if let Some(t) = entry.timing.as_mut() {
+            t.sample = sample;
+        }
+        Ok(entry)
     }
 
     pub fn on_close(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
@@ -418,6 +541,25 @@ fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry
         respond,
         timing: Timing::start(label),
     }
+}
+
+/// The parameters of a Bind, for a shadow comparison; `types` is the Parse's type section.
+fn bound_params(frame: &[u8], types: &[u8]) -> Option<Params> {
+    let (formats, values) = messages::bind_params(frame).ok()?;
+    let types = types
+        .get(2..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .map(|oid| u32::from_be_bytes([oid[0], oid[1], oid[2], oid[3]]))
+        .collect();
+    Some(Params {
+        types,
+        formats,
+        values: values
+            .into_iter()
+            .map(|v| v.map(Bytes::copy_from_slice))
+            .collect(),
+    })
 }
 
 /// The ErrorResponse a client gets for a refused statement.

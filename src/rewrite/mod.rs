@@ -19,7 +19,6 @@ pub mod primary;
 pub mod read_route;
 pub mod reads;
 pub mod refusal;
-pub mod shadow;
 pub mod shape;
 pub mod splice;
 pub mod sqltext;
@@ -833,6 +832,7 @@ pub(crate) mod tests {
             writes,
             reads: Default::default(),
             salt: None,
+            shadow: Default::default(),
         };
         validate(raw, "test", &mut Vec::new()).unwrap()
     }
@@ -854,6 +854,7 @@ pub(crate) mod tests {
             writes,
             reads: Default::default(),
             salt: None,
+            shadow: Default::default(),
         };
         validate(raw, "test", &mut Vec::new()).unwrap()
     }

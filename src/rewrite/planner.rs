@@ -92,14 +92,35 @@ impl Planner {
             .iter()
             .map(|&i| self.config.migrations[i].table.name.as_str());
         self.prefilter = Prefilter::for_targets(names, &self.schema);
+        self.key = self.key_for(&self.routes);
+    }
+
+    fn key_for(&self, routes: &[Route]) -> u64 {
         let mut key = rustc_hash::FxHasher::default();
         self.config.epoch.hash(&mut key);
         self.active.hash(&mut key);
-        for r in &self.routes {
+        for r in routes {
             (*r == Route::New).hash(&mut key);
         }
         self.schema_hash.hash(&mut key);
-        self.key = key.finish();
+        key.finish()
+    }
+
+    /// The plan `sql` would have if the migration at `migration` (an index into the config's) were read on
+    /// `route`, the others as they are: the other side of a shadow comparison. Cached like [`Planner::plan`].
+    pub fn plan_routed(&self, sql: &str, migration: usize, route: Route) -> Arc<Plan> {
+        let Some(at) = self.active.iter().position(|&i| i == migration) else {
+            return Arc::new(Plan::Forward { actions: vec![] });
+        };
+        if self.routes.get(at) == Some(&route) {
+            return self.plan(sql);
+        }
+        let mut routes = self.routes.clone();
+        routes.resize(self.active.len(), Route::Old);
+        routes[at] = route;
+        cache::plan(self.key_for(&routes), sql, |text| {
+            self.plan_with(text, &routes)
+        })
     }
 
     /// The plan for `sql`: shared between sessions whose config, routes and catalog agree.
@@ -131,10 +152,14 @@ impl Planner {
 
     /// Plans `sql` without the prefilter's shortcuts or the cache.
     pub fn plan_uncached(&self, sql: &str) -> Plan {
+        self.plan_with(sql, &self.routes)
+    }
+
+    fn plan_with(&self, sql: &str, routes: &[Route]) -> Plan {
         let targets: Vec<Target<'_>> = self
             .active
             .iter()
-            .zip(&self.routes)
+            .zip(routes)
             .map(|(&i, &route)| Target {
                 migration: &self.config.migrations[i],
                 route,
@@ -198,6 +223,9 @@ fn read_only_select(sql: &str) -> bool {
 pub struct Touches {
     pub settings: bool,
     pub search_path: bool,
+    /// Any session setting or the role: a statement beginning with SET, RESET or DISCARD, or calling
+    /// set_config (what shadow comparisons copy from the session).
+    pub session: bool,
 }
 
 impl Touches {
@@ -219,7 +247,32 @@ impl Touches {
                 }
             }
         }
+        touches.session = touches.settings
+            || touches.search_path
+            || sql.split(';').any(|piece| {
+                let word: String = skip_comments(piece)
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphabetic())
+                    .collect();
+                ["set", "reset", "discard"]
+                    .iter()
+                    .any(|w| word.eq_ignore_ascii_case(w))
+            });
         touches
+    }
+}
+
+/// `sql` from its first word: leading blanks and comments skipped.
+fn skip_comments(mut sql: &str) -> &str {
+    loop {
+        sql = sql.trim_start();
+        if let Some(rest) = sql.strip_prefix("--") {
+            sql = rest.split_once('\n').map_or("", |(_, r)| r);
+        } else if let Some(rest) = sql.strip_prefix("/*") {
+            sql = rest.split_once("*/").map_or("", |(_, r)| r);
+        } else {
+            return sql;
+        }
     }
 }
 
@@ -250,6 +303,7 @@ mod tests {
         let t = |settings, search_path| Touches {
             settings,
             search_path,
+            session: settings || search_path,
         };
         for (sql, want) in [
             ("SET pgshift.key = 'tenant-7'", t(true, false)),
@@ -261,6 +315,17 @@ mod tests {
             ("SELECT * FROM users WHERE id = $1", t(false, false)),
         ] {
             assert_eq!(Touches::of(sql), want, "{sql}");
+        }
+        for (sql, session) in [
+            ("SET ROLE reporting", true),
+            ("/* app */ set TimeZone = 'UTC'", true),
+            ("BEGIN; -- x\n SET LOCAL datestyle = 'ISO'", true),
+            ("RESET ROLE", true),
+            ("UPDATE users SET role = 'x'", false),
+            ("SELECT role, settings FROM users", false),
+            ("SELECT setting FROM pg_settings", false),
+        ] {
+            assert_eq!(Touches::of(sql).session, session, "{sql}");
         }
     }
 }

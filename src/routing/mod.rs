@@ -124,6 +124,7 @@ mod tests {
                 rules,
             },
             salt: None,
+            shadow: Default::default(),
         };
         let mut problems = Vec::new();
         validate(raw, "test", &mut problems).unwrap_or_else(|| panic!("{problems:?}"))

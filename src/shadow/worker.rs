@@ -1,0 +1,419 @@
+//! The comparison workers: each takes sampled reads off the queue and runs their comparison on its own
+//! connection to the client's database, in a read-only transaction under the client's role and settings, then
+//! rolls it back. Nothing here touches a client's connection.
+
+use super::compare::{self, Comparison, Side};
+use super::findings::{Outcome, MAX_EXAMPLES};
+use super::{Identity, Job, Params, Shadow};
+use crate::admin;
+use crate::config::reload::ConfigHandle;
+use crate::config::Config;
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Mutex};
+use tokio_postgres::types::{Format, IsNull, ToSql, Type};
+use tokio_postgres::{Client, NoTls, Row};
+
+pub fn start(rx: mpsc::Receiver<Job>, shadow: Shadow, live: Arc<ConfigHandle>, workers: usize) {
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..workers.max(1) {
+        tokio::spawn(work(rx.clone(), shadow.clone(), live.clone()));
+    }
+}
+
+async fn work(rx: Arc<Mutex<mpsc::Receiver<Job>>>, shadow: Shadow, live: Arc<ConfigHandle>) {
+    let mut connections: HashMap<String, Client> = HashMap::new();
+    let mut warned: Option<Instant> = None;
+    loop {
+        let Some(job) = rx.lock().await.recv().await else {
+            return;
+        };
+        let config = live.current();
+        let Some(migration) = config.migrations.iter().find(|m| *m.name == *job.migration) else {
+            continue;
+        };
+        // Sampled under a mapping that has changed since: it would only muddle the new findings.
+        if super::mapping_hash(migration) != job.mapping {
+            continue;
+        }
+        let c = match compare::compare(&job.sql, &job.new_plan) {
+            Ok(c) => c,
+            Err(skip) => {
+                shadow.skipped(&job.migration, job.mapping, skip.label());
+                continue;
+            }
+        };
+        let client = match connection(&mut connections, &config, &job.database).await {
+            Ok(client) => client,
+            Err(e) => {
+                if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
+                    warned = Some(Instant::now());
+                    tracing::warn!(error = %e, "shadow comparisons cannot connect; samples are counted as errors");
+                }
+                shadow.findings().record(
+                    &job.migration,
+                    job.mapping,
+                    &c,
+                    Outcome::Error(e.to_string()),
+                    None,
+                    &migration.shadow.thresholds,
+                );
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let keys = Keys {
+            columns: &migration.key,
+            values: migration.shadow.log_values,
+        };
+        let timeout = config.control.shadow.statement_timeout;
+        let (outcome, noise) = run(client, &job, &c, timeout, &keys).await;
+        ::metrics::histogram!(crate::metrics::SHADOW_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        if client.is_closed() {
+            connections.remove(&job.database);
+        }
+        shadow.findings().record(
+            &job.migration,
+            job.mapping,
+            &c,
+            outcome,
+            noise,
+            &migration.shadow.thresholds,
+        );
+    }
+}
+
+/// This worker's connection to `database`, opened when first needed.
+async fn connection<'a>(
+    connections: &'a mut HashMap<String, Client>,
+    config: &Config,
+    database: &str,
+) -> Result<&'a Client, admin::AdminError> {
+    if !connections.contains_key(database) {
+        let dsn = config.control.dsn.as_deref().unwrap_or_default();
+        let mut settings = admin::control_config(dsn, config.control.password_file.as_deref())?;
+        settings.dbname(database);
+        settings.application_name("pgshift shadow reads");
+        let (client, conn) =
+            settings
+                .connect(NoTls)
+                .await
+                .map_err(|e| admin::AdminError::Connect {
+                    dsn: admin::redact(dsn),
+                    cause: admin::cause(&e),
+                })?;
+        tokio::spawn(conn);
+        connections.insert(database.to_owned(), client);
+    }
+    Ok(&connections[database])
+}
+
+/// What a difference's examples show: the migration's key columns, and the whole row with `log_values`.
+struct Keys<'a> {
+    columns: &'a [String],
+    values: bool,
+}
+
+/// Runs one comparison in its own transaction: (outcome, whether the served side differed from itself).
+async fn run(
+    client: &Client,
+    job: &Job,
+    c: &Comparison,
+    timeout: Duration,
+    keys: &Keys<'_>,
+) -> (Outcome, Option<bool>) {
+    let result = match client
+        .batch_execute(&setup_sql(&job.identity, timeout))
+        .await
+    {
+        Ok(()) => compare_in(client, job, c, keys).await,
+        Err(e) => (
+            Outcome::Error(format!(
+                "cannot act as role {:?} with the client's settings: {}",
+                job.identity.role,
+                admin::cause(&e)
+            )),
+            None,
+        ),
+    };
+    let _ = client.batch_execute("ROLLBACK").await;
+    result
+}
+
+/// Opens the comparison's transaction: read-only (a "read" calling a function that writes fails rather than
+/// writes twice), one snapshot for every statement in it, the client's role and settings, pgshift's timeouts.
+fn setup_sql(identity: &Identity, timeout: Duration) -> String {
+    let mut sql = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL ROLE {}; ",
+        quote_ident(&identity.role)
+    );
+    if !identity.settings.is_empty() {
+        let calls: Vec<String> = identity
+            .settings
+            .iter()
+            .map(|(name, value)| format!("set_config({}, {}, true)", literal(name), literal(value)))
+            .collect();
+        sql.push_str(&format!("SELECT {}; ", calls.join(", ")));
+    }
+    let ms = timeout.as_millis().max(1);
+    sql.push_str(&format!(
+        "SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}; SAVEPOINT pgshift_compare"
+    ));
+    sql
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A string literal whatever `standard_conforming_strings` says.
+fn literal(s: &str) -> String {
+    format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+async fn compare_in(
+    client: &Client,
+    job: &Job,
+    c: &Comparison,
+    keys: &Keys<'_>,
+) -> (Outcome, Option<bool>) {
+    let bound = match bind(client, &c.old, job.params.as_ref()).await {
+        Ok(bound) => bound,
+        Err(e) => return (Outcome::Error(e), None),
+    };
+    let args = bound.args();
+    let row = match client.query_typed(&c.old_vs_new(), &args).await {
+        Ok(rows) => rows.into_iter().next(),
+        Err(e) => return (which_side_fails(client, c, &args, &e).await, None),
+    };
+    let Some((only_old, only_new, _, _, order)) = row.as_ref().and_then(counts) else {
+        return (
+            Outcome::Error("the comparison returned no row".into()),
+            None,
+        );
+    };
+    let outcome = if only_old == 0 && only_new == 0 && !order {
+        Outcome::Match
+    } else {
+        let examples = match client
+            .query_typed(&c.examples(MAX_EXAMPLES as u32), &args)
+            .await
+        {
+            Ok(rows) => examples(&rows, keys),
+            Err(e) => vec![format!("(examples unavailable: {})", admin::cause(&e))],
+        };
+        Outcome::Differs {
+            only_old,
+            only_new,
+            order,
+            examples,
+        }
+    };
+    let noise = match client
+        .query_typed(&c.against_itself(job.served), &args)
+        .await
+    {
+        Ok(rows) => rows
+            .first()
+            .and_then(counts)
+            .map(|(a, b, _, _, order)| a != 0 || b != 0 || order),
+        Err(_) => None,
+    };
+    (outcome, noise)
+}
+
+fn counts(row: &Row) -> Option<(i64, i64, i64, i64, bool)> {
+    Some((
+        row.try_get(0).ok()?,
+        row.try_get(1).ok()?,
+        row.try_get(2).ok()?,
+        row.try_get(3).ok()?,
+        row.try_get(4).ok()?,
+    ))
+}
+
+/// The comparison failed: each side alone says whether exactly one of them fails (a mismatch: the new schema
+/// refuses what the old one answers, or the reverse) or both do (an error that says nothing of the mapping).
+async fn which_side_fails(
+    client: &Client,
+    c: &Comparison,
+    args: &[(&(dyn ToSql + Sync), Type)],
+    error: &tokio_postgres::Error,
+) -> Outcome {
+    let mut fails = Vec::new();
+    for side in [Side::Old, Side::New] {
+        if client
+            .batch_execute("ROLLBACK TO SAVEPOINT pgshift_compare")
+            .await
+            .is_err()
+        {
+            return Outcome::Error(admin::cause(error));
+        }
+        if let Err(e) = client.query_typed(&c.alone(side), args).await {
+            fails.push((side, admin::cause(&e)));
+        }
+    }
+    match fails.as_slice() {
+        [(side, e)] => Outcome::OneSideFails {
+            side: *side,
+            error: e.clone(),
+        },
+        _ => Outcome::Error(admin::cause(error)),
+    }
+}
+
+/// Example differences: `only in old: id=7`, with the row's values when `log_values` is on.
+fn examples(rows: &[Row], keys: &Keys<'_>) -> Vec<String> {
+    rows.iter()
+        .filter_map(|row| {
+            let side: String = row.try_get(0).ok()?;
+            let json: String = row.try_get(1).ok()?;
+            let value: serde_json::Value = serde_json::from_str(&json).ok()?;
+            let key: Vec<String> = keys
+                .columns
+                .iter()
+                .filter_map(|k| value.get(k).map(|v| format!("{k}={v}")))
+                .collect();
+            let mut text = format!("only in {side}: ");
+            if key.is_empty() {
+                text.push_str("(no key column in the result)");
+            } else {
+                text.push_str(&key.join(", "));
+            }
+            if keys.values {
+                text.push_str(&format!(" {json}"));
+            }
+            Some(text)
+        })
+        .collect()
+}
+
+/// The client's parameters, typed as Postgres types them in the client's own statement.
+struct Bound {
+    types: Vec<Type>,
+    values: Vec<Raw>,
+}
+
+impl Bound {
+    fn args(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
+        self.values
+            .iter()
+            .zip(&self.types)
+            .map(|(v, t)| (v as &(dyn ToSql + Sync), t.clone()))
+            .collect()
+    }
+}
+
+async fn bind(client: &Client, old: &str, params: Option<&Params>) -> Result<Bound, String> {
+    let Some(p) = params.filter(|p| !p.values.is_empty()) else {
+        return Ok(Bound {
+            types: Vec::new(),
+            values: Vec::new(),
+        });
+    };
+    let declared: Vec<Type> = p.types.iter().map(|&oid| type_of(oid)).collect();
+    let statement = client
+        .prepare_typed(old, &declared)
+        .await
+        .map_err(|e| admin::cause(&e))?;
+    let types = statement.params().to_vec();
+    if types.len() != p.values.len() {
+        return Err(format!(
+            "the statement takes {} parameters, the client bound {}",
+            types.len(),
+            p.values.len()
+        ));
+    }
+    let values = p
+        .values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Raw {
+            value: v.clone(),
+            binary: match p.formats.as_slice() {
+                [] => false,
+                [one] => *one == 1,
+                all => all.get(i) == Some(&1),
+            },
+        })
+        .collect();
+    Ok(Bound { types, values })
+}
+
+/// A declared parameter type; 0 (unspecified) and types Postgres defines at run time go by their OID alone.
+fn type_of(oid: u32) -> Type {
+    Type::from_oid(oid).unwrap_or_else(|| {
+        if oid == 0 {
+            Type::UNKNOWN
+        } else {
+            Type::new(
+                format!("oid{oid}"),
+                oid,
+                tokio_postgres::types::Kind::Simple,
+                String::new(),
+            )
+        }
+    })
+}
+
+/// A parameter value exactly as the client sent it, in its format.
+#[derive(Debug)]
+struct Raw {
+    value: Option<bytes::Bytes>,
+    binary: bool,
+}
+
+impl ToSql for Raw {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.value {
+            Some(v) => {
+                out.extend_from_slice(v);
+                Ok(IsNull::No)
+            }
+            None => Ok(IsNull::Yes),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        if self.binary {
+            Format::Binary
+        } else {
+            Format::Text
+        }
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transaction_takes_the_clients_role_and_settings() {
+        let identity = Identity {
+            role: "app\"x".into(),
+            settings: vec![
+                ("search_path".into(), "\"$user\", public".into()),
+                ("TimeZone".into(), "it's\\odd".into()),
+            ],
+        };
+        assert_eq!(
+            setup_sql(&identity, Duration::from_secs(2)),
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL ROLE \"app\"\"x\"; \
+             SELECT set_config(E'search_path', E'\"$user\", public', true), set_config(E'TimeZone', E'it''s\\\\odd', true); \
+             SET LOCAL statement_timeout = 2000; SET LOCAL lock_timeout = 2000; SAVEPOINT pgshift_compare"
+        );
+    }
+}
