@@ -71,7 +71,8 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
     let listener = bind(config.listen_addr).await?;
     let addr = listener.local_addr().expect("bound socket has an address");
     let mut background = vec![tokio::spawn(metrics::upkeep(prometheus.clone()))];
-    let shadow = crate::shadow::Shadow::start(handle.clone());
+    let (shadow, comparers) = crate::shadow::Shadow::start(handle.clone());
+    background.extend(comparers);
     let metrics_addr = match config.metrics_addr {
         Some(maddr) => {
             let http_listener = bind(maddr).await?;

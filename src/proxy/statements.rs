@@ -545,7 +545,7 @@ fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry
 
 /// The parameters of a Bind, for a shadow comparison; `types` is the Parse's type section.
 fn bound_params(frame: &[u8], types: &[u8]) -> Option<Params> {
-    let (formats, values) = messages::bind_params(frame).ok()?;
+    let messages::BindParams { formats, values } = messages::bind_params(frame).ok()?;
     let types = types
         .get(2..)
         .unwrap_or_default()

@@ -117,16 +117,17 @@ impl std::fmt::Debug for Shadow {
 }
 
 impl Shadow {
-    /// Starts the comparison workers on the current runtime (they connect when the first sample comes).
-    pub fn start(live: Arc<ConfigHandle>) -> Shadow {
+    /// Starts the comparison workers on the current runtime (they connect when the first sample comes); the
+    /// caller aborts their tasks when pgshift stops.
+    pub fn start(live: Arc<ConfigHandle>) -> (Shadow, Vec<tokio::task::JoinHandle<()>>) {
         let settings = live.current().control.shadow.clone();
         let (tx, rx) = mpsc::channel(settings.queue);
         let shadow = Shadow(Arc::new(Inner {
             tx,
             findings: findings::Findings::default(),
         }));
-        worker::start(rx, shadow.clone(), live, settings.connections);
-        shadow
+        let workers = worker::start(rx, shadow.clone(), live, settings.connections);
+        (shadow, workers)
     }
 
     pub fn findings(&self) -> &findings::Findings {

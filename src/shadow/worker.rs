@@ -16,11 +16,16 @@ use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
-pub fn start(rx: mpsc::Receiver<Job>, shadow: Shadow, live: Arc<ConfigHandle>, workers: usize) {
+pub fn start(
+    rx: mpsc::Receiver<Job>,
+    shadow: Shadow,
+    live: Arc<ConfigHandle>,
+    workers: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..workers.max(1) {
-        tokio::spawn(work(rx.clone(), shadow.clone(), live.clone()));
-    }
+    (0..workers.max(1))
+        .map(|_| tokio::spawn(work(rx.clone(), shadow.clone(), live.clone())))
+        .collect()
 }
 
 async fn work(rx: Arc<Mutex<mpsc::Receiver<Job>>>, shadow: Shadow, live: Arc<ConfigHandle>) {
@@ -202,7 +207,11 @@ async fn compare_in(
             .query_typed(&c.examples(MAX_EXAMPLES as u32), &args)
             .await
         {
-            Ok(rows) => examples(&rows, keys),
+            Ok(rows) => examples(
+                rows.iter()
+                    .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?))),
+                keys,
+            ),
             Err(e) => vec![format!("(examples unavailable: {})", admin::cause(&e))],
         };
         Outcome::Differs {
@@ -265,13 +274,15 @@ async fn which_side_fails(
     }
 }
 
-/// Example differences: `only in old: id=7`, with the row's values when `log_values` is on.
-fn examples(rows: &[Row], keys: &Keys<'_>) -> Vec<String> {
-    rows.iter()
-        .filter_map(|row| {
-            let side: String = row.try_get(0).ok()?;
-            let json: String = row.try_get(1).ok()?;
-            let value: serde_json::Value = serde_json::from_str(&json).ok()?;
+/// Example differences: `only in old: id=7`, with the row's values when `log_values` is on. `rows` are
+/// (side, the row as JSON) as [`Comparison::examples`] returns them.
+fn examples<'r>(
+    rows: impl IntoIterator<Item = (&'r str, &'r str)>,
+    keys: &Keys<'_>,
+) -> Vec<String> {
+    rows.into_iter()
+        .filter_map(|(side, json)| {
+            let value: serde_json::Value = serde_json::from_str(json).ok()?;
             let key: Vec<String> = keys
                 .columns
                 .iter()
@@ -399,6 +410,34 @@ impl ToSql for Raw {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn examples_show_keys_and_values_only_when_asked() {
+        let rows = [
+            ("old", r#"{"id":7,"tenant":"a","email":"x@example.com"}"#),
+            ("new", r#"{"email":"y@example.com"}"#),
+        ];
+        let columns = ["tenant".to_owned(), "id".to_owned()];
+        let keys = Keys {
+            columns: &columns,
+            values: false,
+        };
+        assert_eq!(
+            examples(rows, &keys),
+            [
+                "only in old: tenant=\"a\", id=7",
+                "only in new: (no key column in the result)"
+            ]
+        );
+        let keys = Keys {
+            values: true,
+            ..keys
+        };
+        assert_eq!(
+            examples(rows, &keys)[1],
+            "only in new: (no key column in the result) {\"email\":\"y@example.com\"}"
+        );
+    }
 
     #[test]
     fn the_transaction_takes_the_clients_role_and_settings() {

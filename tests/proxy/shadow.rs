@@ -20,7 +20,7 @@ async fn comparisons(config: &std::path::Path, dsn: &str, sql: &str) -> (String,
     assert!(ok, "{err}");
     let statements: Vec<&str> = out
         .split(";\n")
-        .filter_map(|part| part.lines().find(|l| l.starts_with("WITH ")))
+        .filter_map(|part| part.find("\nWITH ").map(|at| &part[at + 1..]))
         .collect();
     assert_eq!(statements.len(), 2, "{out}");
     (statements[0].to_owned(), statements[1].to_owned())
@@ -238,16 +238,14 @@ async fn a_wrong_mapping_is_reported_and_a_fixed_one_matches() {
         .map(|e| e.as_str().unwrap())
         .collect();
     assert_eq!(examples.len(), 3, "{f:#}");
-    // id 1 is 'closed' (matches); id 2 'HELD' and id 3 'Open' differ.
-    assert_eq!(
-        examples,
-        [
-            "only in old: id=2",
-            "only in new: id=2",
-            "only in old: id=3"
-        ],
-        "keys, not values: {f:#}"
-    );
+    // 'closed' rows (id % 3 == 1) match; the others differ. Examples are the first differences found.
+    for example in &examples {
+        let (side, key) = example
+            .split_once(": id=")
+            .unwrap_or_else(|| panic!("keys, not values: {f:#}"));
+        assert!(side == "only in old" || side == "only in new", "{f:#}");
+        assert_ne!(key.parse::<i64>().unwrap() % 3, 1, "{f:#}");
+    }
     assert_eq!(
         top["difference"], "1 rows only in old, 1 only in new",
         "{f:#}"
@@ -286,4 +284,372 @@ async fn a_wrong_mapping_is_reported_and_a_fixed_one_matches() {
     assert_eq!(results(&f, "match"), 30, "{f:#}");
     assert_eq!(results(&f, "mismatch"), 0, "{f:#}");
     proxy.stop().await;
+}
+
+/// A correct mapping under concurrent writes through pgshift, reads served from both routes: every comparison
+/// matches (each sees old and new in one snapshot, and dual writes keep them equal in every snapshot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correct_mapping_matches_under_concurrent_writes() {
+    use crate::migrations::Lcg;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let db = fresh_db("t_shadow_concurrent").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct
+        .batch_execute(&format!(
+            "{USERS}
+             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 500) g;
+             INSERT INTO v2.users SELECT id, fullname, email FROM users;"
+        ))
+        .await
+        .unwrap();
+    let proxy = start_proxy(ProxyOptions {
+        migrations: users_v2(&db, "new_percent = 50", "100"),
+        ..Default::default()
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for seed in 0..2u64 {
+        let client = connect(&proxy.url(&db)).await;
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = Lcg(seed + 11);
+            let mut writes = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let id = 1 + rng.next(600);
+                let sql = match rng.next(4) {
+                    0 => format!(
+                        "INSERT INTO users (fullname, email) VALUES ('w{id}', 'x{}')",
+                        rng.next(99)
+                    ),
+                    1 => format!(
+                        "UPDATE users SET email = 'u{}' WHERE id % 20 = {}",
+                        rng.next(99),
+                        id % 20
+                    ),
+                    2 => format!("DELETE FROM users WHERE id = {id}"),
+                    _ => format!("UPDATE users SET fullname = fullname || '!' WHERE id = {id}"),
+                };
+                client.batch_execute(&sql).await.unwrap();
+                writes += 1;
+            }
+            writes
+        }));
+    }
+    let reads = [
+        "SELECT id, fullname, email FROM users WHERE id = $1",
+        "SELECT count(*), max(fullname) FROM users WHERE id % 10 = $1::bigint % 10",
+        "SELECT fullname FROM users WHERE id BETWEEN $1 AND $1 + 20 ORDER BY id",
+        "SELECT u.email FROM users u WHERE u.fullname LIKE 'n%' AND u.id > $1 ORDER BY u.id DESC LIMIT 5",
+    ];
+    let mut readers = Vec::new();
+    for app in ["reader-a", "reader-b", "reader-c", "reader-d"] {
+        let url = format!("{}?application_name={app}", proxy.url(&db));
+        let client = connect(&url).await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut rng = Lcg(app.len() as u64 + app.as_bytes()[7] as u64);
+            while !stop.load(Ordering::Relaxed) {
+                let id = 1 + rng.next(600) as i64;
+                let sql = reads[rng.next(reads.len() as u64) as usize];
+                client.query(sql, &[&id]).await.unwrap();
+            }
+        }));
+    }
+    let f = wait_compared(&proxy, "users_v2", 2000).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut writes = 0;
+    for w in writers {
+        writes += w.await.unwrap();
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    assert!(writes > 100, "too few writes: {writes}");
+    assert_eq!(f["verdict"], "match", "{f:#}");
+    assert!(results(&f, "match") >= 2000, "{f:#}");
+    for result in ["mismatch", "noise", "error"] {
+        assert_eq!(results(&f, result), 0, "{result}: {f:#}");
+    }
+    assert_eq!(
+        f["statements"].as_array().unwrap().len(),
+        reads.len(),
+        "{f:#}"
+    );
+    let (_, metrics) = http_get(proxy.metrics_addr, "/metrics").await;
+    for route in ["old", "new"] {
+        assert!(
+            metrics.contains(&format!(
+                "pgshift_reads_total{{migration=\"users_v2\",route=\"{route}\"}}"
+            )),
+            "reads served from {route}: {metrics}"
+        );
+    }
+    proxy.stop().await;
+}
+
+/// `random()` differs from itself as much as from new, and `LIMIT` without ORDER BY depends on each table's
+/// physical order: both are noise, not mismatches, while a real difference next to them still is one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nondeterministic_reads_are_noise() {
+    let db = fresh_db("t_shadow_noise").await;
+    let direct = connect(&cluster().url(&db)).await;
+    // New holds the same rows in the reverse physical order.
+    direct
+        .batch_execute(&format!(
+            "{USERS}
+             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 200) g;
+             INSERT INTO v2.users SELECT id, fullname, email FROM users ORDER BY id DESC;
+             UPDATE v2.users SET email = 'wrong' WHERE id = 7;"
+        ))
+        .await
+        .unwrap();
+    let proxy = start_proxy(ProxyOptions {
+        migrations: users_v2(&db, "new_percent = 0", "100"),
+        ..Default::default()
+    })
+    .await;
+    let client = connect(&proxy.url(&db)).await;
+    for _ in 0..40 {
+        for sql in [
+            "SELECT id FROM users WHERE random() < 0.5",
+            "SELECT id, fullname FROM users LIMIT 5",
+            "SELECT id, email FROM users WHERE id < 10",
+        ] {
+            client.simple_query(sql).await.unwrap();
+        }
+    }
+    let f = wait_compared(&proxy, "users_v2", 120).await;
+    let statement = |query: &str| {
+        f["statements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["query"] == query)
+            .unwrap_or_else(|| panic!("{query}: {f:#}"))
+            .clone()
+    };
+    let random = statement("SELECT id FROM users WHERE random() < $1");
+    assert_eq!(random["verdict"], "noise", "{f:#}");
+    assert!(random["noise_rate"].as_f64().unwrap() > 0.9, "{f:#}");
+    let limit = statement("SELECT id, fullname FROM users LIMIT $1");
+    assert_eq!(limit["verdict"], "noise", "{f:#}");
+    assert_eq!(
+        limit["mismatches"], 40,
+        "old's first rows are not new's: {f:#}"
+    );
+    assert_eq!(
+        limit["nondeterministic"],
+        "LIMIT or OFFSET without ORDER BY"
+    );
+    let wrong = statement("SELECT id, email FROM users WHERE id < $1");
+    assert_eq!(wrong["verdict"], "mismatch", "{f:#}");
+    assert_eq!(wrong["examples"][0], "only in old: id=7", "{f:#}");
+    assert_eq!(f["verdict"], "mismatch");
+    assert_eq!(results(&f, "noise"), 80, "{f:#}");
+    assert_eq!(results(&f, "mismatch"), 40, "{f:#}");
+    proxy.stop().await;
+}
+
+/// What a client sees, message by message: tags, rows, errors by SQLSTATE, transaction status.
+fn describe(messages: Vec<(u8, Vec<u8>)>) -> Vec<String> {
+    messages
+        .into_iter()
+        .map(|(tag, body)| match tag {
+            b'E' => format!("E {}", raw::sqlstate(&body)),
+            _ => format!("{} {}", tag as char, String::from_utf8_lossy(&body)),
+        })
+        .collect()
+}
+
+/// One session's traffic: simple queries in and out of transactions, a failed transaction, a locking read,
+/// a pipeline of prepared statements with an error in the middle, and parameterized prepared statements.
+async fn transcript(proxy: &Proxy, db: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut session = Raw::login(proxy.addr, db).await;
+    for sql in [
+        "SELECT id, fullname, email FROM users WHERE id <= 5 ORDER BY id",
+        "BEGIN",
+        "SELECT count(*) FROM users",
+        "SELECT id FROM users WHERE id = 2 FOR UPDATE",
+        "SELECT fullname FROM users WHERE id = 1/0",
+        "SELECT id FROM users WHERE id = 1",
+        "ROLLBACK",
+        "BEGIN; SELECT fullname FROM users WHERE id = 4; COMMIT",
+        "SELECT id FROM users WHERE id = 'x'",
+        "SET TimeZone = 'Asia/Tokyo'",
+        "SELECT id, fullname, now() - now() FROM users WHERE id = 6",
+    ] {
+        session.send(&raw::query(sql)).await;
+        out.push(format!("> {sql}"));
+        out.extend(describe(session.read_until_ready().await));
+    }
+    let mut pipeline = Vec::new();
+    for part in [
+        raw::parse("s1", "SELECT id, fullname FROM users WHERE id = 3"),
+        raw::bind("", "s1"),
+        raw::execute(""),
+        raw::parse("", "SELECT fullname FROM users WHERE id = 1/0"),
+        raw::bind("", ""),
+        raw::execute(""),
+        raw::bind("", "s1"),
+        raw::execute(""),
+        raw::sync(),
+        raw::bind("p", "s1"),
+        raw::describe_portal("p"),
+        raw::execute("p"),
+        raw::sync(),
+    ] {
+        pipeline.extend(part);
+    }
+    session.send(&pipeline).await;
+    out.push("> pipeline".into());
+    out.extend(describe(session.read_until_ready().await));
+    out.extend(describe(session.read_until_ready().await));
+
+    let client = connect(&proxy.url(db)).await;
+    let read = client
+        .prepare("SELECT id, fullname FROM users WHERE id = $1 AND email = $2")
+        .await
+        .unwrap();
+    let rows = |rows: Result<Vec<tokio_postgres::Row>, tokio_postgres::Error>| match rows {
+        Ok(rows) => rows
+            .iter()
+            .map(|r| format!("{}|{}", r.get::<_, i64>(0), r.get::<_, String>(1)))
+            .collect::<Vec<_>>()
+            .join(","),
+        Err(e) => format!("error {:?}", e.code()),
+    };
+    for id in 1..=8i64 {
+        let email = format!("e{id}");
+        out.push(rows(client.query(&read, &[&id, &email]).await));
+    }
+    // Pipelined: three reads in flight at once.
+    let (a, b, c) = tokio::join!(
+        client.query(&read, &[&1i64, &"e1"]),
+        client.query(&read, &[&2i64, &"nope"]),
+        client.query(&read, &[&3i64, &"e3"]),
+    );
+    out.extend([rows(a), rows(b), rows(c)]);
+    out
+}
+
+/// Sampling every read changes nothing a client sees: rows, tags, errors and transaction status are those of
+/// sampling off, message for message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_every_read_changes_nothing_the_client_sees() {
+    let db = fresh_db("t_shadow_invisible").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct
+        .batch_execute(&format!(
+            "{USERS}
+             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 20) g;
+             INSERT INTO v2.users SELECT id, fullname, email FROM users;"
+        ))
+        .await
+        .unwrap();
+    let off = start_proxy(ProxyOptions {
+        migrations: users_v2(&db, "new_percent = 0", "0"),
+        ..Default::default()
+    })
+    .await;
+    let on = start_proxy(ProxyOptions {
+        migrations: users_v2(&db, "new_percent = 0", "100"),
+        ..Default::default()
+    })
+    .await;
+    let without = transcript(&off, &db).await;
+    let with = transcript(&on, &db).await;
+    assert_eq!(with, without);
+    assert!(
+        without.iter().any(|m| m == "Z E"),
+        "the failed transaction is in the transcript"
+    );
+    assert!(without.iter().any(|m| m == "E 25P02"));
+
+    // The successful reads were compared, the locking and multi-statement ones skipped, the failed ones not
+    // sampled at all.
+    let f = wait_compared(&on, "users_v2", 16).await;
+    assert_eq!(results(&f, "match"), 16, "{f:#}");
+    assert_eq!(compared(&f), 16, "{f:#}");
+    assert_eq!(f["skipped"]["locking"], 1, "{f:#}");
+    assert_eq!(f["skipped"]["not_a_read"], 1, "{f:#}");
+    assert_eq!(
+        findings(&off, "users_v2").await["comparisons"],
+        serde_json::json!({})
+    );
+    off.stop().await;
+    on.stop().await;
+}
+
+/// The client's role decides what a comparison may read: the new table it has no grant on makes the new side
+/// fail (a mismatch the operator must fix before routing anyone there); a control role that cannot take the
+/// client's role makes the comparison an error. Either way the client sees only its own results.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn comparisons_run_with_the_clients_privileges() {
+    let db = fresh_db("t_shadow_privileges").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct
+        .batch_execute(&format!(
+            "{USERS}
+             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 20) g;
+             INSERT INTO v2.users SELECT id, fullname, email FROM users;
+             DROP ROLE IF EXISTS shadow_app; DROP ROLE IF EXISTS shadow_ctl;
+             CREATE ROLE shadow_app LOGIN; GRANT SELECT ON users TO shadow_app;
+             CREATE ROLE shadow_ctl LOGIN;"
+        ))
+        .await
+        .unwrap();
+    let as_app = |proxy: &Proxy| format!("postgres://shadow_app@127.0.0.1:{}/{db}", proxy.port());
+    let superuser = start_proxy(ProxyOptions {
+        migrations: users_v2(&db, "new_percent = 0", "100"),
+        ..Default::default()
+    })
+    .await;
+    let control_url = cluster().url(&db).replace("postgres@", "shadow_ctl@");
+    let unprivileged = start_proxy(ProxyOptions {
+        migrations: users_v2(&db, "new_percent = 0", "100").replace(
+            &format!("{:?}", cluster().url(&db)),
+            &format!("{control_url:?}"),
+        ),
+        ..Default::default()
+    })
+    .await;
+    for proxy in [&superuser, &unprivileged] {
+        let client = connect(&as_app(proxy)).await;
+        for id in 1..=12i64 {
+            let row = client
+                .query_one("SELECT fullname FROM users WHERE id = $1", &[&id])
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), format!("n{id}"));
+        }
+    }
+    let f = wait_compared(&superuser, "users_v2", 12).await;
+    assert_eq!(results(&f, "mismatch"), 12, "{f:#}");
+    let top = &f["statements"][0];
+    assert_eq!(top["verdict"], "mismatch", "{f:#}");
+    assert_eq!(
+        top["examples"][0], "only the new side fails: permission denied for schema v2 (42501)",
+        "{f:#}"
+    );
+    let f = wait_compared(&unprivileged, "users_v2", 12).await;
+    assert_eq!(results(&f, "error"), 12, "{f:#}");
+    assert_eq!(
+        f["verdict"], "insufficient",
+        "errors say nothing of the mapping: {f:#}"
+    );
+    let error = f["statements"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("cannot act as role \"shadow_app\"")
+            && error.contains("permission denied to set role"),
+        "{error}"
+    );
+    superuser.stop().await;
+    unprivileged.stop().await;
+    direct
+        .batch_execute("DROP OWNED BY shadow_app; DROP ROLE shadow_app; DROP ROLE shadow_ctl")
+        .await
+        .unwrap();
 }
