@@ -17,10 +17,13 @@
 #   dual_read50    the same with reads.new_percent = 50: half the clients (by routing key) read the new table
 #   by_hand        direct, running the statements pgshift sends for `dual` (the dual write done by hand)
 #   by_hand_pgbouncer  the same script through PgBouncer: the dual write by hand behind the other proxy
+#   shadow0 / shadow1 / shadow100  `dual` with shadow reads on: [migration.shadow] sample_percent = 0, 1, 100
+#                  (comparisons on pgshift's own connections, default [control.shadow] settings)
 #
 # A throwaway cluster is created and removed. Rounds interleave the targets because a shared machine is noisy;
-# the report gives median TPS, median latency, the ratio to direct, and each proxy's CPU time per transaction
-# (utime+stime from /proc, the figure noise disturbs least). Output: a Markdown table on stdout.
+# the report gives median TPS, median latency, median p99 latency (from pgbench's per-transaction log), the
+# ratio to direct, and each proxy's CPU time per transaction (utime+stime from /proc, the figure noise disturbs
+# least). Output: a Markdown table on stdout, then what the shadow targets compared.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +75,7 @@ psql_direct -c "VACUUM ANALYZE"
 
 declare -A port=([direct]=$pg_port [by_hand]=$pg_port)
 declare -A pid=()
+declare -A metrics_port=()
 
 bouncer_port=$(free_port)
 cat > "$work/pgbouncer.ini" <<INI
@@ -123,6 +127,17 @@ start_pgshift pgshift_1thread 1 ""
 start_pgshift pgshift_percpu "$(nproc)" ""
 start_pgshift dual "$WORKERS" "$(migration 0)"
 start_pgshift dual_read50 "$WORKERS" "$(migration 50)"
+for pct in 0 1 100; do
+  mport=$(free_port)
+  start_pgshift "shadow$pct" "$WORKERS" "[metrics]
+addr = \"127.0.0.1:$mport\"
+[control]
+dsn = \"postgres://postgres@127.0.0.1:$pg_port/postgres\"
+$(migration 0)
+[migration.shadow]
+sample_percent = $pct"
+  metrics_port[shadow$pct]=$mport
+done
 sleep 1
 
 # dual_read50: the routing key is the session setting pgshift.key; pick one key routed to new and one to old
@@ -166,7 +181,8 @@ bench() { # target workload mode
     select-only) script=(-b select-only) ;;
     tpcb-like) if [ "${target#by_hand}" != "$target" ]; then script=(-f "$work/by_hand_tpcb.sql"); else script=(-b tpcb-like); fi ;;
   esac
-  local common=(-n -M "$mode" -j 1 -T "$SECONDS_PER_RUN" -h 127.0.0.1 -p "${port[$target]}" -U postgres postgres)
+  rm -f "$work"/txlog*
+  local common=(-n -M "$mode" -j 1 -T "$SECONDS_PER_RUN" -l --log-prefix="$work/txlog" -h 127.0.0.1 -p "${port[$target]}" -U postgres postgres)
   if [ "$target" = dual_read50 ]; then
     local half=$((CLIENTS / 2))
     PGOPTIONS="-c pgshift.key=$new_key" pgbench "${script[@]}" -c "$half" "${common[@]}" > "$work/a.out" 2>&1 &
@@ -194,8 +210,13 @@ for workload in $WORKLOADS; do
         read -r tps lat txns failed < <(bench "$target" "$workload" "$mode")
         after=0; [ -n "${pid[$target]:-}" ] && after=$(cpu_ticks "${pid[$target]}")
         cpu_us=$(python3 -c "print(round(($after-$before)/$tick*1e6/max(1,$txns),2))")
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$mode" "$target" "$tps" "$lat" "$cpu_us" "$failed" >> "$results"
-        echo "round $round: $workload $mode $target tps=$tps latency=${lat}ms cpu/txn=${cpu_us}us failed=$failed" >&2
+        # p99 of the per-transaction latencies (third field, µs) of every client's log.
+        p99=$(cat "$work"/txlog* | python3 -c '
+import sys
+l = sorted(int(x.split()[2]) for x in sys.stdin if x.strip())
+print(round(l[int(len(l) * 0.99)] / 1000, 3) if l else 0)')
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$mode" "$target" "$tps" "$lat" "$cpu_us" "$failed" "$p99" >> "$results"
+        echo "round $round: $workload $mode $target tps=$tps latency=${lat}ms p99=${p99}ms cpu/txn=${cpu_us}us failed=$failed" >&2
       done
     done
   done
@@ -208,16 +229,30 @@ path, clients, secs, rounds, scale, targets = sys.argv[1:]
 order = targets.split()
 rows = defaultdict(list)
 for line in open(path):
-    w, m, t, tps, lat, cpu, failed = line.rstrip("\n").split("\t")
-    rows[(w, m, t)].append((float(tps), float(lat), float(cpu), int(failed)))
+    w, m, t, tps, lat, cpu, failed, p99 = line.rstrip("\n").split("\t")
+    rows[(w, m, t)].append((float(tps), float(lat), float(cpu), int(failed), float(p99)))
 med = lambda key, i: statistics.median(x[i] for x in rows[key])
 print(f"pgbench scale {scale}, {clients} clients, {secs} s x {rounds} interleaved rounds; medians\n")
-print("| workload | mode | target | TPS | latency ms | TPS vs direct | proxy CPU µs/txn | failed |")
-print("|---|---|---|---|---|---|---|---|")
+print("| workload | mode | target | TPS | latency ms | p99 ms | TPS vs direct | proxy CPU µs/txn | failed |")
+print("|---|---|---|---|---|---|---|---|---|")
 modes = ["simple", "extended", "prepared"]
 for (w, m, t) in sorted(rows, key=lambda k: (k[0], modes.index(k[1]), order.index(k[2]))):
     direct = med((w, m, "direct"), 0) if (w, m, "direct") in rows else float("nan")
     cpu = "" if t in ("direct", "by_hand") else f"{med((w, m, t), 2):.1f}"
-    print(f"| {w} | {m} | {t} | {med((w, m, t), 0):.0f} | {med((w, m, t), 1):.3f} | "
+    print(f"| {w} | {m} | {t} | {med((w, m, t), 0):.0f} | {med((w, m, t), 1):.3f} | {med((w, m, t), 4):.3f} | "
           f"{med((w, m, t), 0) / direct:.2f} | {cpu} | {sum(x[3] for x in rows[(w, m, t)])} |")
 PY
+
+# What the shadow targets compared, and how long one comparison took on pgshift's own connection (what a
+# client would wait for it if comparisons ran on the client's connection at an idle point).
+for name in "${!metrics_port[@]}"; do
+  case " $TARGETS " in *" $name "*) ;; *) continue ;; esac
+  curl -s "http://127.0.0.1:${metrics_port[$name]}/metrics" | python3 -c '
+import re, sys
+text = sys.stdin.read()
+results = dict(re.findall(r"pgshift_shadow_comparisons_total\{migration=\"accounts_v2\",result=\"(\w+)\"\} (\d+)", text))
+s = re.search(r"^pgshift_shadow_comparison_seconds_sum (\S+)", text, re.M)
+c = re.search(r"^pgshift_shadow_comparison_seconds_count (\S+)", text, re.M)
+mean = float(s.group(1)) / float(c.group(1)) * 1000 if s and c and float(c.group(1)) else 0
+print(f"\n{sys.argv[1]}: comparisons {results}; one comparison took {mean:.2f} ms on average")' "$name"
+done

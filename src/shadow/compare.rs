@@ -163,6 +163,25 @@ impl Comparison {
         pair(sql, sql, self.ordered)
     }
 
+    /// Old against new and the served side against itself, in one statement (one snapshot, one round trip):
+    /// (only in old, only in new, old rows, new rows, order differs, then the same first two and the order for
+    /// the served side against itself).
+    pub fn with_noise(&self, served: Side) -> String {
+        let (old, new, again) = (sub(&self.old), sub(&self.new), sub(self.side(served)));
+        let served = match served {
+            Side::Old => "__pgshift_a",
+            Side::New => "__pgshift_b",
+        };
+        format!(
+            "WITH __pgshift_a AS MATERIALIZED (SELECT row_number() OVER () AS i, __pgshift_r::text AS t FROM {old}), \
+             __pgshift_b AS MATERIALIZED (SELECT row_number() OVER () AS i, __pgshift_r::text AS t FROM {new}), \
+             __pgshift_c AS MATERIALIZED (SELECT row_number() OVER () AS i, __pgshift_r::text AS t FROM {again}) \
+             SELECT {}, {}",
+            counts("__pgshift_a", "__pgshift_b", self.ordered, true),
+            counts(served, "__pgshift_c", self.ordered, false),
+        )
+    }
+
     /// One side alone (its row count): which side fails when the comparison does.
     pub fn alone(&self, side: Side) -> String {
         format!("SELECT count(*) FROM {}", sub(self.side(side)))
@@ -186,18 +205,33 @@ impl Comparison {
 /// positions numbered as the rows come out of the subquery).
 pub fn pair(a: &str, b: &str, ordered: bool) -> String {
     let (sa, sb) = (sub(a), sub(b));
-    let order = if ordered {
-        "EXISTS (SELECT FROM __pgshift_a FULL JOIN __pgshift_b USING (i) \
-         WHERE __pgshift_a.t IS DISTINCT FROM __pgshift_b.t)"
-    } else {
-        "false"
-    };
     format!(
         "WITH __pgshift_a AS MATERIALIZED (SELECT row_number() OVER () AS i, __pgshift_r::text AS t FROM {sa}), \
          __pgshift_b AS MATERIALIZED (SELECT row_number() OVER () AS i, __pgshift_r::text AS t FROM {sb}) \
-         SELECT (SELECT count(*) FROM (SELECT t FROM __pgshift_a EXCEPT ALL SELECT t FROM __pgshift_b) AS __pgshift_d), \
-         (SELECT count(*) FROM (SELECT t FROM __pgshift_b EXCEPT ALL SELECT t FROM __pgshift_a) AS __pgshift_d), \
-         (SELECT count(*) FROM __pgshift_a), (SELECT count(*) FROM __pgshift_b), {order}"
+         SELECT {}",
+        counts("__pgshift_a", "__pgshift_b", ordered, true)
+    )
+}
+
+/// The select list comparing CTEs `a` and `b` (columns `i`, `t`): rows only in a, only in b, (with `sizes`)
+/// the row count of each, and whether the sequences differ.
+fn counts(a: &str, b: &str, ordered: bool, sizes: bool) -> String {
+    let order = if ordered {
+        format!(
+            "EXISTS (SELECT FROM {a} FULL JOIN {b} USING (i) WHERE {a}.t IS DISTINCT FROM {b}.t)"
+        )
+    } else {
+        "false".to_owned()
+    };
+    let sizes = if sizes {
+        format!("(SELECT count(*) FROM {a}), (SELECT count(*) FROM {b}), ")
+    } else {
+        String::new()
+    };
+    format!(
+        "(SELECT count(*) FROM (SELECT t FROM {a} EXCEPT ALL SELECT t FROM {b}) AS __pgshift_d), \
+         (SELECT count(*) FROM (SELECT t FROM {b} EXCEPT ALL SELECT t FROM {a}) AS __pgshift_d), \
+         {sizes}{order}"
     )
 }
 
@@ -238,6 +272,12 @@ mod tests {
             c.fingerprint, other.fingerprint,
             "constants do not split findings"
         );
+        let both = c.with_noise(Side::Old);
+        assert_eq!(both.matches("EXCEPT ALL").count(), 4);
+        assert!(both.contains("SELECT t FROM __pgshift_a EXCEPT ALL SELECT t FROM __pgshift_c"));
+        assert!(c
+            .with_noise(Side::New)
+            .contains("SELECT t FROM __pgshift_b EXCEPT ALL SELECT t FROM __pgshift_c"));
         let ordered = compare("SELECT id FROM users ORDER BY id LIMIT 5", &new).unwrap();
         assert!(ordered.ordered && ordered.nondeterministic.is_none());
         assert!(ordered

@@ -117,7 +117,17 @@ impl Findings {
         thresholds: &Thresholds,
     ) {
         let differs = matches!(outcome, Outcome::Differs { .. });
-        let noisy = c.nondeterministic.is_some() || noise == Some(true);
+        // Same rows in another order: rows that tie under a partial ORDER BY come in each table's physical
+        // order, so this says nothing certain about the mapping.
+        let order_only = matches!(
+            outcome,
+            Outcome::Differs {
+                only_old: 0,
+                only_new: 0,
+                ..
+            }
+        );
+        let noisy = c.nondeterministic.is_some() || order_only || noise == Some(true);
         let label = outcome.label(noisy);
         crate::metrics::migration_counter(SHADOW_COMPARISONS, name, "result", label).increment(1);
         let ratio = self.with(name, mapping, |m| {
@@ -154,7 +164,7 @@ impl Findings {
                         s.tally.mismatches += 1;
                     }
                     // A statement whose rows depend on the plan is its own noise floor.
-                    let noise = if c.nondeterministic.is_some() {
+                    let noise = if c.nondeterministic.is_some() || order_only {
                         Some(differs)
                     } else {
                         noise
@@ -171,7 +181,7 @@ impl Findings {
                             examples,
                         } => {
                             s.last_difference = Some(if only_old == 0 && only_new == 0 && order {
-                                "same rows in another order".to_owned()
+                                "same rows in another order (ties under ORDER BY?)".to_owned()
                             } else {
                                 format!("{only_old} rows only in old, {only_new} only in new")
                             });
@@ -391,6 +401,18 @@ mod tests {
         for s in status["statements"].as_array().unwrap() {
             assert_eq!(s["verdict"], "noise", "{status:#}");
         }
+        // Same rows in another order: ties, noise.
+        let ties = comparison("t", None);
+        for _ in 0..20 {
+            let reordered = Outcome::Differs {
+                only_old: 0,
+                only_new: 0,
+                order: true,
+                examples: vec![],
+            };
+            f.record("m", 1, &ties, reordered, Some(false), &th);
+        }
+        assert_eq!(f.verdict("m", &th), Verdict::Match);
         // One side failing is a mismatch however noisy the statement is.
         let fails = comparison("f", None);
         for _ in 0..10 {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 pub fn start(
     rx: mpsc::Receiver<Job>,
@@ -28,8 +28,24 @@ pub fn start(
         .collect()
 }
 
+/// Entries kept in each cache below before it is emptied: enough for an application's statements, bounded
+/// against one that sends endless distinct texts.
+const CACHE_LIMIT: usize = 500;
+
+/// One worker's connection to a database, with what it has prepared there.
+struct Connection {
+    client: Client,
+    /// Parameter types Postgres infers for a client statement, by (text, declared types).
+    types: HashMap<(String, Vec<u32>), Vec<Type>>,
+    /// Comparison statements prepared on this connection, by (text, parameter types).
+    statements: HashMap<(String, Vec<u32>), Statement>,
+}
+
 async fn work(rx: Arc<Mutex<mpsc::Receiver<Job>>>, shadow: Shadow, live: Arc<ConfigHandle>) {
-    let mut connections: HashMap<String, Client> = HashMap::new();
+    let mut connections: HashMap<String, Connection> = HashMap::new();
+    // What each sampled text compares as: parsing and fingerprinting once per statement, not per sample.
+    let mut comparisons: HashMap<(String, String), Result<Arc<Comparison>, compare::Skip>> =
+        HashMap::new();
     let mut warned: Option<Instant> = None;
     loop {
         let Some(job) = rx.lock().await.recv().await else {
@@ -43,15 +59,26 @@ async fn work(rx: Arc<Mutex<mpsc::Receiver<Job>>>, shadow: Shadow, live: Arc<Con
         if super::mapping_hash(migration) != job.mapping {
             continue;
         }
-        let c = match compare::compare(&job.sql, &job.new_plan) {
+        let new_sql = match &*job.new_plan {
+            crate::rewrite::Plan::Rewrite { sql, .. } => sql.clone(),
+            _ => String::new(),
+        };
+        if comparisons.len() >= CACHE_LIMIT {
+            comparisons.clear();
+        }
+        let c = comparisons
+            .entry((job.sql.clone(), new_sql))
+            .or_insert_with(|| compare::compare(&job.sql, &job.new_plan).map(Arc::new))
+            .clone();
+        let c = match c {
             Ok(c) => c,
             Err(skip) => {
                 shadow.skipped(&job.migration, job.mapping, skip.label());
                 continue;
             }
         };
-        let client = match connection(&mut connections, &config, &job.database).await {
-            Ok(client) => client,
+        let conn = match connection(&mut connections, &config, &job.database).await {
+            Ok(conn) => conn,
             Err(e) => {
                 if warned.is_none_or(|at| at.elapsed() > Duration::from_secs(60)) {
                     warned = Some(Instant::now());
@@ -74,10 +101,10 @@ async fn work(rx: Arc<Mutex<mpsc::Receiver<Job>>>, shadow: Shadow, live: Arc<Con
             values: migration.shadow.log_values,
         };
         let timeout = config.control.shadow.statement_timeout;
-        let (outcome, noise) = run(client, &job, &c, timeout, &keys).await;
+        let (outcome, noise) = run(conn, &job, &c, timeout, &keys).await;
         ::metrics::histogram!(crate::metrics::SHADOW_DURATION)
             .record(started.elapsed().as_secs_f64());
-        if client.is_closed() {
+        if conn.client.is_closed() {
             connections.remove(&job.database);
         }
         shadow.findings().record(
@@ -93,10 +120,10 @@ async fn work(rx: Arc<Mutex<mpsc::Receiver<Job>>>, shadow: Shadow, live: Arc<Con
 
 /// This worker's connection to `database`, opened when first needed.
 async fn connection<'a>(
-    connections: &'a mut HashMap<String, Client>,
+    connections: &'a mut HashMap<String, Connection>,
     config: &Config,
     database: &str,
-) -> Result<&'a Client, admin::AdminError> {
+) -> Result<&'a mut Connection, admin::AdminError> {
     if !connections.contains_key(database) {
         let dsn = config.control.dsn.as_deref().unwrap_or_default();
         let mut settings = admin::control_config(dsn, config.control.password_file.as_deref())?;
@@ -111,9 +138,16 @@ async fn connection<'a>(
                     cause: admin::cause(&e),
                 })?;
         tokio::spawn(conn);
-        connections.insert(database.to_owned(), client);
+        connections.insert(
+            database.to_owned(),
+            Connection {
+                client,
+                types: HashMap::new(),
+                statements: HashMap::new(),
+            },
+        );
     }
-    Ok(&connections[database])
+    Ok(connections.get_mut(database).expect("inserted above"))
 }
 
 /// What a difference's examples show: the migration's key columns, and the whole row with `log_values`.
@@ -124,28 +158,183 @@ struct Keys<'a> {
 
 /// Runs one comparison in its own transaction: (outcome, whether the served side differed from itself).
 async fn run(
-    client: &Client,
+    conn: &mut Connection,
     job: &Job,
     c: &Comparison,
     timeout: Duration,
     keys: &Keys<'_>,
 ) -> (Outcome, Option<bool>) {
-    let result = match client
-        .batch_execute(&setup_sql(&job.identity, timeout))
-        .await
-    {
-        Ok(()) => compare_in(client, job, c, keys).await,
-        Err(e) => (
+    let setup = setup_sql(&job.identity, timeout);
+    let sql = c.with_noise(job.served);
+    let declared: Vec<u32> = job.params.as_ref().map_or(Vec::new(), |p| p.types.clone());
+    let prepared = conn
+        .types
+        .get(&(c.old.clone(), declared.clone()))
+        .and_then(|types| {
+            let oids = types.iter().map(Type::oid).collect();
+            let statement = conn.statements.get(&(sql.clone(), oids)).cloned()?;
+            Some((types.clone(), statement))
+        });
+    let result = match prepared {
+        // The usual case: setup and comparison sent together, one round trip.
+        Some((types, statement)) => {
+            let values = raw_values(job.params.as_ref());
+            let args = args(&values);
+            let (setup, rows) = tokio::join!(
+                conn.client.batch_execute(&setup),
+                conn.client.query(&statement, &args)
+            );
+            match setup {
+                Err(e) => Err(role_error(job, &e)),
+                Ok(()) => Ok(finish(&conn.client, c, rows, (&args, &types), keys).await),
+            }
+        }
+        None => match conn.client.batch_execute(&setup).await {
+            Err(e) => Err(role_error(job, &e)),
+            Ok(()) => Ok(prepare_and_compare(conn, job, c, &sql, declared, keys).await),
+        },
+    };
+    let _ = conn.client.batch_execute("ROLLBACK").await;
+    result.unwrap_or_else(|e| (Outcome::Error(e), None))
+}
+
+fn role_error(job: &Job, e: &tokio_postgres::Error) -> String {
+    format!(
+        "cannot act as role {:?} with the client's settings: {}",
+        job.identity.role,
+        admin::cause(e)
+    )
+}
+
+/// The first comparison of a statement on this connection: the client statement's parameter types, then the
+/// comparison prepared with them (inside the transaction, so under the client's search_path).
+async fn prepare_and_compare(
+    conn: &mut Connection,
+    job: &Job,
+    c: &Comparison,
+    sql: &str,
+    declared: Vec<u32>,
+    keys: &Keys<'_>,
+) -> (Outcome, Option<bool>) {
+    let values = raw_values(job.params.as_ref());
+    let key = (c.old.clone(), declared);
+    let types = match conn.types.get(&key) {
+        Some(types) => types.clone(),
+        None => {
+            let declared: Vec<Type> = key.1.iter().map(|&oid| type_of(oid)).collect();
+            match conn.client.prepare_typed(&c.old, &declared).await {
+                Ok(statement) => {
+                    let types = statement.params().to_vec();
+                    if conn.types.len() >= CACHE_LIMIT {
+                        conn.types.clear();
+                    }
+                    conn.types.insert(key, types.clone());
+                    types
+                }
+                Err(e) => return (Outcome::Error(admin::cause(&e)), None),
+            }
+        }
+    };
+    if types.len() != values.len() {
+        return (
             Outcome::Error(format!(
-                "cannot act as role {:?} with the client's settings: {}",
-                job.identity.role,
-                admin::cause(&e)
+                "the statement takes {} parameters, the client bound {}",
+                types.len(),
+                values.len()
             )),
             None,
-        ),
+        );
+    }
+    let args = args(&values);
+    let statement = match conn.client.prepare_typed(sql, &types).await {
+        Ok(statement) => statement,
+        Err(e) => {
+            return (
+                which_side_fails(&conn.client, c, &args, &types, &e).await,
+                None,
+            )
+        }
     };
-    let _ = client.batch_execute("ROLLBACK").await;
-    result
+    if conn.statements.len() >= CACHE_LIMIT {
+        conn.statements.clear();
+    }
+    conn.statements.insert(
+        (sql.to_owned(), types.iter().map(Type::oid).collect()),
+        statement.clone(),
+    );
+    let rows = conn.client.query(&statement, &args).await;
+    finish(&conn.client, c, rows, (&args, &types), keys).await
+}
+
+/// Reads the comparison's row; on a difference, fetches examples (same transaction, same snapshot).
+async fn finish(
+    client: &Client,
+    c: &Comparison,
+    rows: Result<Vec<Row>, tokio_postgres::Error>,
+    (args, types): (&[&(dyn ToSql + Sync)], &[Type]),
+    keys: &Keys<'_>,
+) -> (Outcome, Option<bool>) {
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) => return (which_side_fails(client, c, args, types, &e).await, None),
+    };
+    let Some(counts) = rows.first().and_then(counts) else {
+        return (
+            Outcome::Error("the comparison returned no row".into()),
+            None,
+        );
+    };
+    let noise = Some(counts.noise);
+    if counts.only_old == 0 && counts.only_new == 0 && !counts.order {
+        return (Outcome::Match, noise);
+    }
+    let found = match client
+        .prepare_typed(&c.examples(MAX_EXAMPLES as u32), types)
+        .await
+    {
+        Ok(statement) => client.query(&statement, args).await,
+        Err(e) => Err(e),
+    };
+    let examples = match found {
+        Ok(rows) => examples(
+            rows.iter()
+                .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?))),
+            keys,
+        ),
+        Err(e) => vec![format!("(examples unavailable: {})", admin::cause(&e))],
+    };
+    (
+        Outcome::Differs {
+            only_old: counts.only_old,
+            only_new: counts.only_new,
+            order: counts.order,
+            examples,
+        },
+        noise,
+    )
+}
+
+/// The comparison's row.
+struct Counts {
+    only_old: i64,
+    only_new: i64,
+    order: bool,
+    /// The served side differed from itself.
+    noise: bool,
+}
+
+fn counts(row: &Row) -> Option<Counts> {
+    let again: (i64, i64, bool) = (
+        row.try_get(5).ok()?,
+        row.try_get(6).ok()?,
+        row.try_get(7).ok()?,
+    );
+    Some(Counts {
+        only_old: row.try_get(0).ok()?,
+        only_new: row.try_get(1).ok()?,
+        order: row.try_get(4).ok()?,
+        noise: again.0 != 0 || again.1 != 0 || again.2,
+    })
 }
 
 /// Opens the comparison's transaction: read-only (a "read" calling a function that writes fails rather than
@@ -179,77 +368,13 @@ fn literal(s: &str) -> String {
     format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
 }
 
-async fn compare_in(
-    client: &Client,
-    job: &Job,
-    c: &Comparison,
-    keys: &Keys<'_>,
-) -> (Outcome, Option<bool>) {
-    let bound = match bind(client, &c.old, job.params.as_ref()).await {
-        Ok(bound) => bound,
-        Err(e) => return (Outcome::Error(e), None),
-    };
-    let args = bound.args();
-    let row = match client.query_typed(&c.old_vs_new(), &args).await {
-        Ok(rows) => rows.into_iter().next(),
-        Err(e) => return (which_side_fails(client, c, &args, &e).await, None),
-    };
-    let Some((only_old, only_new, _, _, order)) = row.as_ref().and_then(counts) else {
-        return (
-            Outcome::Error("the comparison returned no row".into()),
-            None,
-        );
-    };
-    let outcome = if only_old == 0 && only_new == 0 && !order {
-        Outcome::Match
-    } else {
-        let examples = match client
-            .query_typed(&c.examples(MAX_EXAMPLES as u32), &args)
-            .await
-        {
-            Ok(rows) => examples(
-                rows.iter()
-                    .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?))),
-                keys,
-            ),
-            Err(e) => vec![format!("(examples unavailable: {})", admin::cause(&e))],
-        };
-        Outcome::Differs {
-            only_old,
-            only_new,
-            order,
-            examples,
-        }
-    };
-    let noise = match client
-        .query_typed(&c.against_itself(job.served), &args)
-        .await
-    {
-        Ok(rows) => rows
-            .first()
-            .and_then(counts)
-            .map(|(a, b, _, _, order)| a != 0 || b != 0 || order),
-        Err(_) => None,
-    };
-    (outcome, noise)
-}
-
-fn counts(row: &Row) -> Option<(i64, i64, i64, i64, bool)> {
-    Some((
-        row.try_get(0).ok()?,
-        row.try_get(1).ok()?,
-        row.try_get(2).ok()?,
-        row.try_get(3).ok()?,
-        row.try_get(4).ok()?,
-    ))
-}
-
 /// The comparison failed: each side alone says whether exactly one of them fails (a mismatch: the new schema
 /// refuses what the old one answers, or the reverse) or both do (an error that says nothing of the mapping).
 async fn which_side_fails(
     client: &Client,
     c: &Comparison,
-    args: &[(&(dyn ToSql + Sync), Type)],
+    args: &[&(dyn ToSql + Sync)],
+    types: &[Type],
     error: &tokio_postgres::Error,
 ) -> Outcome {
     let mut fails = Vec::new();
@@ -261,7 +386,11 @@ async fn which_side_fails(
         {
             return Outcome::Error(admin::cause(error));
         }
-        if let Err(e) = client.query_typed(&c.alone(side), args).await {
+        let alone = match client.prepare_typed(&c.alone(side), types).await {
+            Ok(statement) => client.query(&statement, args).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = alone {
             fails.push((side, admin::cause(&e)));
         }
     }
@@ -302,44 +431,12 @@ fn examples<'r>(
         .collect()
 }
 
-/// The client's parameters, typed as Postgres types them in the client's own statement.
-struct Bound {
-    types: Vec<Type>,
-    values: Vec<Raw>,
-}
-
-impl Bound {
-    fn args(&self) -> Vec<(&(dyn ToSql + Sync), Type)> {
-        self.values
-            .iter()
-            .zip(&self.types)
-            .map(|(v, t)| (v as &(dyn ToSql + Sync), t.clone()))
-            .collect()
-    }
-}
-
-async fn bind(client: &Client, old: &str, params: Option<&Params>) -> Result<Bound, String> {
-    let Some(p) = params.filter(|p| !p.values.is_empty()) else {
-        return Ok(Bound {
-            types: Vec::new(),
-            values: Vec::new(),
-        });
+/// The client's parameter values, each in the format it was sent in.
+fn raw_values(params: Option<&Params>) -> Vec<Raw> {
+    let Some(p) = params else {
+        return Vec::new();
     };
-    let declared: Vec<Type> = p.types.iter().map(|&oid| type_of(oid)).collect();
-    let statement = client
-        .prepare_typed(old, &declared)
-        .await
-        .map_err(|e| admin::cause(&e))?;
-    let types = statement.params().to_vec();
-    if types.len() != p.values.len() {
-        return Err(format!(
-            "the statement takes {} parameters, the client bound {}",
-            types.len(),
-            p.values.len()
-        ));
-    }
-    let values = p
-        .values
+    p.values
         .iter()
         .enumerate()
         .map(|(i, v)| Raw {
@@ -350,8 +447,11 @@ async fn bind(client: &Client, old: &str, params: Option<&Params>) -> Result<Bou
                 all => all.get(i) == Some(&1),
             },
         })
-        .collect();
-    Ok(Bound { types, values })
+        .collect()
+}
+
+fn args(values: &[Raw]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
 }
 
 /// A declared parameter type; 0 (unspecified) and types Postgres defines at run time go by their OID alone.
