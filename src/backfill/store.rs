@@ -1,5 +1,5 @@
-//! pgshift's own tables, in the `pgshift` schema of the migrated database: backfill checkpoints and verify
-//! results. Written in the same transaction as the batch they describe, so a killed backfill resumes exactly
+//! pgshift's own tables, in the `pgshift` schema of the migrated database: backfill checkpoints, verify
+//! results, rollout state and events (`crate::rollout::store`). Written in the same transaction as the batch they describe, so a killed backfill resumes exactly
 //! where its last committed batch ended.
 
 use tokio_postgres::GenericClient;
@@ -39,6 +39,24 @@ CREATE TABLE IF NOT EXISTS pgshift.verifications (
     -- The first differing keys (key columns joined by ', '), for whoever reads this later.
     differing_keys text[] NOT NULL DEFAULT '{}',
     clean        boolean
+);
+CREATE TABLE IF NOT EXISTS pgshift.rollouts (
+    migration    text PRIMARY KEY,
+    status       text NOT NULL,
+    step         integer NOT NULL DEFAULT 0,
+    since        timestamptz NOT NULL DEFAULT now(),
+    reason       text NOT NULL DEFAULT '',
+    promoted     boolean NOT NULL DEFAULT false,
+    version      bigint NOT NULL DEFAULT 1,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pgshift.events (
+    id           bigserial PRIMARY KEY,
+    at           timestamptz NOT NULL DEFAULT now(),
+    migration    text,
+    kind         text NOT NULL,
+    actor        text NOT NULL,
+    detail       jsonb NOT NULL DEFAULT '{}'
 );";
 
 pub async fn ensure(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
@@ -47,7 +65,8 @@ pub async fn ensure(client: &impl GenericClient) -> Result<(), tokio_postgres::E
     let present: bool = client
         .query_one(
             "SELECT to_regclass('pgshift.backfills') IS NOT NULL \
-             AND to_regclass('pgshift.verifications') IS NOT NULL",
+             AND to_regclass('pgshift.verifications') IS NOT NULL \
+             AND to_regclass('pgshift.rollouts') IS NOT NULL AND to_regclass('pgshift.events') IS NOT NULL",
             &[],
         )
         .await?
