@@ -22,6 +22,7 @@ pub struct HttpState {
     pub copies: watch::Receiver<serde_json::Value>,
     /// Shadow-read findings per migration.
     pub shadow: crate::shadow::Shadow,
+    pub rollouts: Arc<crate::rollout::Rollouts>,
 }
 
 /// Serves `/metrics` and `/healthz` until the task is dropped.
@@ -71,6 +72,7 @@ fn status_json(state: &HttpState) -> String {
                     "new_percent": percent(r.new_bp),
                 })).collect::<Vec<_>>(),
             },
+            "rollout": state.rollouts.status(m),
             "shadow": {
                 "sample_percent": f64::from(m.shadow.sample_ppm) / 10_000.0,
                 "log_values": m.shadow.log_values,

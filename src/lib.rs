@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod rewrite;
+pub mod rollout;
 pub mod routing;
 pub mod server;
 pub mod shadow;

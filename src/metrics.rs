@@ -28,6 +28,11 @@ pub const STATEMENT_ERRORS: &str = "pgshift_statement_errors_total";
 pub const SHADOW_COMPARISONS: &str = "pgshift_shadow_comparisons_total";
 pub const SHADOW_MISMATCH_RATIO: &str = "pgshift_shadow_mismatch_ratio";
 pub const SHADOW_DURATION: &str = "pgshift_shadow_comparison_seconds";
+pub const ROLLOUT_STEP: &str = "pgshift_rollout_step";
+pub const ROLLOUT_PERCENT: &str = "pgshift_rollout_new_percent";
+pub const ROLLOUT_STATE: &str = "pgshift_rollout_state";
+pub const ROLLOUT_CHECKS: &str = "pgshift_rollout_guard_checks_total";
+pub const ROLLOUT_ROLLBACKS: &str = "pgshift_rollout_rollbacks_total";
 
 /// Client message kinds counted in [`MESSAGES`], by frontend tag.
 const MESSAGE_KINDS: [(u8, &str); 11] = [
@@ -164,6 +169,26 @@ fn describe() {
         SHADOW_DURATION,
         Unit::Seconds,
         "Time one shadow comparison took on pgshift's own connection (what a client would wait for it on its own)."
+    );
+    describe_gauge!(
+        ROLLOUT_STEP,
+        "The index of a ramped migration's current step."
+    );
+    describe_gauge!(
+        ROLLOUT_PERCENT,
+        "The share of reads a ramped migration's rollout routes to new now, in percent."
+    );
+    describe_gauge!(
+        ROLLOUT_STATE,
+        "1 for a ramped migration's rollout state (pending, ramping, paused, rolled_back, complete), 0 for the others."
+    );
+    describe_counter!(
+        ROLLOUT_CHECKS,
+        "Guard checks of ramped migrations on this replica's traffic, by result (pass, fail, insufficient)."
+    );
+    describe_counter!(
+        ROLLOUT_ROLLBACKS,
+        "Rollouts rolled back, by migration and reason (guard, command)."
     );
     describe_counter!(
         STATEMENT_ERRORS,

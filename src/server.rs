@@ -61,6 +61,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
         control_rx.clone(),
         SessionLimit::new(config.max_connections, None, 0),
         None,
+        None,
     )?);
 
     let bind = |addr: SocketAddr| async move {
@@ -73,6 +74,9 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
     let mut background = vec![tokio::spawn(metrics::upkeep(prometheus.clone()))];
     let (shadow, comparers) = crate::shadow::Shadow::start(handle.clone());
     background.extend(comparers);
+    let (rollouts, followers) =
+        crate::rollout::Rollouts::start(handle.clone(), Some(shadow.clone()), replica_name(addr));
+    background.extend(followers);
     let metrics_addr = match config.metrics_addr {
         Some(maddr) => {
             let http_listener = bind(maddr).await?;
@@ -90,6 +94,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
                 config: handle.clone(),
                 copies,
                 shadow: shadow.clone(),
+                rollouts: rollouts.clone(),
             });
             background.push(tokio::spawn(http::serve(http_listener, state)));
             Some(bound)
@@ -106,6 +111,7 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
         workers,
         sessions,
         Some(shadow),
+        Some(rollouts),
     ));
     Ok(Running {
         addr,
@@ -115,6 +121,16 @@ pub async fn start_with(handle: Arc<ConfigHandle>) -> Result<Running, StartError
         background,
         config: handle,
     })
+}
+
+/// How this replica is named in rollout events: host, process and listen address.
+fn replica_name(addr: SocketAddr) -> String {
+    format!(
+        "pgshift@{}:{} (pid {})",
+        crate::rollout::hostname(),
+        addr.port(),
+        std::process::id()
+    )
 }
 
 /// `listen.max_connections`, capped by what the descriptor limit leaves once pgshift itself is running; warns

@@ -5,6 +5,7 @@ mod check;
 mod control;
 pub mod demo;
 mod rewrite;
+mod rollout;
 mod serve;
 mod verify;
 
@@ -84,6 +85,9 @@ pub enum Cmd {
         #[arg(long)]
         max_rate: Option<u64>,
     },
+    /// A migration's guarded rollout: status, start, pause, resume, rollback (every replica, within a second),
+    /// promote (writes to new_primary; needs a fresh clean verification).
+    Rollout(rollout::Args),
     /// Start a throwaway PostgreSQL cluster with pgshift in front of it, until Ctrl-C or SIGTERM.
     Demo {
         /// Address pgshift listens on.
@@ -132,6 +136,8 @@ pub enum CliError {
     NoMigration { name: String, known: Vec<String> },
     #[error("give --dsn or set [control] dsn in the config")]
     NoDsn,
+    #[error("rollout: {0}")]
+    Rollout(String),
     #[error(transparent)]
     Copy(#[from] crate::backfill::CopyError),
     #[error("migration \"{migration}\": {count} difference(s) remain")]
@@ -175,6 +181,7 @@ pub async fn run(command: Cmd) -> Result<(), CliError> {
             sql,
             ..
         } => rewrite::shadow(&config, dsn.as_deref(), &sql).await,
+        Cmd::Rollout(args) => rollout::run(&args).await,
         Cmd::Backfill { target, limits } => backfill::run(&target, &limits)
             .await
             .map_err(|e| CliError::Failed(Box::new(e))),

@@ -28,6 +28,90 @@ pub struct RawMigration {
     pub salt: Option<String>,
     #[serde(default)]
     pub shadow: RawShadow,
+    /// `[migration.guard]`: the checks a ramp must pass.
+    #[serde(default)]
+    pub guard: RawGuard,
+}
+
+/// `[migration.reads.ramp]`: a rollout plan, as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawRamp {
+    /// Percentages of reads routed to new, in order (e.g. [1, 5, 25, 50, 100]).
+    pub steps: Vec<f64>,
+    /// How long each step holds before the next.
+    #[serde(with = "humantime_serde")]
+    pub interval: std::time::Duration,
+}
+
+/// `[migration.guard]`, as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuard {
+    #[serde(default = "default_guard_interval", with = "humantime_serde")]
+    pub interval: std::time::Duration,
+    #[serde(default = "default_guard_min_samples")]
+    pub min_samples: u64,
+    #[serde(default = "default_failure_limit")]
+    pub failure_limit: u32,
+    /// "rollback" or "pause".
+    #[serde(default = "default_guard_action")]
+    pub action: String,
+    /// Percentage points new's error rate may exceed old's.
+    #[serde(default = "default_max_error_rate_increase")]
+    pub max_error_rate_increase_percent: f64,
+    #[serde(default = "default_ignore_error_classes")]
+    pub ignore_error_classes: Vec<String>,
+    #[serde(default = "default_max_latency_ratio")]
+    pub max_latency_ratio: f64,
+    #[serde(default = "default_latency_floor", with = "humantime_serde")]
+    pub latency_floor: std::time::Duration,
+    #[serde(default = "default_require_verified_within", with = "humantime_serde")]
+    pub require_verified_within: std::time::Duration,
+}
+
+impl Default for RawGuard {
+    fn default() -> Self {
+        RawGuard {
+            interval: default_guard_interval(),
+            min_samples: default_guard_min_samples(),
+            failure_limit: default_failure_limit(),
+            action: default_guard_action(),
+            max_error_rate_increase_percent: default_max_error_rate_increase(),
+            ignore_error_classes: default_ignore_error_classes(),
+            max_latency_ratio: default_max_latency_ratio(),
+            latency_floor: default_latency_floor(),
+            require_verified_within: default_require_verified_within(),
+        }
+    }
+}
+
+fn default_guard_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+fn default_guard_min_samples() -> u64 {
+    100
+}
+fn default_failure_limit() -> u32 {
+    2
+}
+fn default_guard_action() -> String {
+    "rollback".to_owned()
+}
+fn default_max_error_rate_increase() -> f64 {
+    1.0
+}
+fn default_ignore_error_classes() -> Vec<String> {
+    vec!["23".to_owned(), "40".to_owned()]
+}
+fn default_max_latency_ratio() -> f64 {
+    1.15
+}
+fn default_latency_floor() -> std::time::Duration {
+    std::time::Duration::from_millis(2)
+}
+fn default_require_verified_within() -> std::time::Duration {
+    std::time::Duration::from_secs(24 * 3600)
 }
 
 /// `[migration.shadow]`: shadow reads, as written in the file.
@@ -124,6 +208,8 @@ pub struct RawReads {
     pub key: Option<String>,
     #[serde(default)]
     pub rules: Vec<RawRule>,
+    /// A rollout plan: its step replaces `new_percent` while it runs (`pgshift rollout`).
+    pub ramp: Option<RawRamp>,
 }
 
 /// A targeting rule: every matcher given must match; the first matching rule wins.
@@ -268,6 +354,9 @@ pub struct Migration {
     pub reads: Reads,
     pub salt: String,
     pub shadow: Shadow,
+    /// The rollout plan, if reads are ramped by `pgshift rollout` rather than by `new_percent`.
+    pub ramp: Option<crate::rollout::plan::Ramp>,
+    pub guard: crate::rollout::guard::Guard,
 }
 
 impl Migration {
@@ -468,6 +557,28 @@ pub fn validate(raw: RawMigration, at: &str, problems: &mut Vec<String>) -> Opti
         });
     }
     let shadow = validate_shadow(&raw.shadow, &mut pct_problems);
+    let ramp = raw.reads.ramp.as_ref().map(|r| {
+        let steps: Vec<BasisPoints> = r
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, p)| percent_to_bp(&format!("reads.ramp.steps[{i}]"), *p, &mut pct_problems))
+            .collect();
+        if steps.is_empty() || steps.windows(2).any(|w| w[0] >= w[1]) || steps[0] == 0 {
+            pct_problems.push(format!(
+                "reads.ramp.steps = {:?} must rise strictly from above 0 (raising the share only adds keys)",
+                r.steps
+            ));
+        }
+        if r.interval.is_zero() {
+            pct_problems.push("reads.ramp.interval must be greater than zero".to_owned());
+        }
+        crate::rollout::plan::Ramp {
+            steps,
+            interval: r.interval,
+        }
+    });
+    let guard = validate_guard(&raw.guard, &mut pct_problems);
     for p in pct_problems {
         problem(p);
     }
@@ -486,7 +597,60 @@ pub fn validate(raw: RawMigration, at: &str, problems: &mut Vec<String>) -> Opti
         writes: raw.writes,
         reads: Reads { new_bp, key, rules },
         shadow,
+        ramp,
+        guard,
     })
+}
+
+fn validate_guard(raw: &RawGuard, problems: &mut Vec<String>) -> crate::rollout::guard::Guard {
+    use crate::rollout::guard::{Action, Guard};
+    let action = match raw.action.as_str() {
+        "rollback" => Action::Rollback,
+        "pause" => Action::Pause,
+        other => {
+            problems.push(format!(
+                "guard.action = {other:?} must be \"rollback\" or \"pause\""
+            ));
+            Action::Rollback
+        }
+    };
+    if raw.interval.is_zero() {
+        problems.push("guard.interval must be greater than zero".to_owned());
+    }
+    if !(0.0..=100.0).contains(&raw.max_error_rate_increase_percent) {
+        problems.push(format!(
+            "guard.max_error_rate_increase_percent = {} must be between 0 and 100",
+            raw.max_error_rate_increase_percent
+        ));
+    }
+    if !raw.max_latency_ratio.is_finite() || raw.max_latency_ratio < 1.0 {
+        problems.push(format!(
+            "guard.max_latency_ratio = {} must be at least 1",
+            raw.max_latency_ratio
+        ));
+    }
+    for class in &raw.ignore_error_classes {
+        if class.len() != 2 || !class.chars().all(|c| c.is_ascii_alphanumeric()) {
+            problems.push(format!(
+                "guard.ignore_error_classes: {class:?} is not a SQLSTATE class (two characters, e.g. \"23\")"
+            ));
+        }
+    }
+    Guard {
+        interval: raw.interval,
+        min_samples: raw.min_samples.max(1),
+        failure_limit: raw.failure_limit.max(1),
+        action,
+        max_error_rate_increase: raw.max_error_rate_increase_percent / 100.0,
+        ignore_error_classes: raw
+            .ignore_error_classes
+            .iter()
+            .map(|c| c.to_uppercase())
+            .collect(),
+        max_latency_ratio: raw.max_latency_ratio,
+        latency_floor: raw.latency_floor,
+        require_verified_within: raw.require_verified_within,
+    }
 }
 
 fn validate_shadow(raw: &RawShadow, problems: &mut Vec<String>) -> Shadow {

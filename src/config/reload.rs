@@ -53,9 +53,16 @@ pub struct ReloadReport {
     pub restart_required: Vec<&'static str>,
 }
 
-/// The current config, swapped atomically; readers take one snapshot per use.
+/// What rollouts make of migrations (by name): their routing in place of what the file says.
+pub type Overlay = std::collections::BTreeMap<String, crate::rollout::plan::Effect>;
+
+/// The current config, swapped atomically; readers take one snapshot per use. It is the file's config with the
+/// rollout [`Overlay`] applied.
 pub struct ConfigHandle {
     current: ArcSwap<Config>,
+    /// The config as the file says.
+    file: ArcSwap<Config>,
+    overlay: Mutex<Overlay>,
     source: Option<(PathBuf, Overrides)>,
     last: Mutex<Option<ReloadReport>>,
     loaded_at_unix: std::sync::atomic::AtomicU64,
@@ -75,6 +82,8 @@ impl ConfigHandle {
     /// `source` is the file (and command-line overrides) to reload from; `None` for a config without a file.
     pub fn new(config: Config, source: Option<(PathBuf, Overrides)>) -> Arc<ConfigHandle> {
         Arc::new(ConfigHandle {
+            file: ArcSwap::from_pointee(config.clone()),
+            overlay: Mutex::new(Overlay::new()),
             current: ArcSwap::from_pointee(config),
             source,
             last: Mutex::new(None),
@@ -85,6 +94,24 @@ impl ConfigHandle {
 
     pub fn current(&self) -> Arc<Config> {
         self.current.load_full()
+    }
+
+    /// The config as the file says, without rollouts.
+    pub fn file(&self) -> Arc<Config> {
+        self.file.load_full()
+    }
+
+    /// Replaces what rollouts make of migrations; sessions take it at their next transaction boundary (as a
+    /// reload). Nothing happens if it is unchanged.
+    pub fn set_overlay(&self, overlay: Overlay) {
+        let mut current = self.overlay.lock().expect("overlay lock");
+        if *current == overlay {
+            return;
+        }
+        *current = overlay;
+        self.current.store(Arc::new(apply(&self.file(), &current)));
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     pub fn path(&self) -> Option<&PathBuf> {
@@ -118,7 +145,7 @@ impl ConfigHandle {
                 restart_required: vec![],
             });
         };
-        let old = self.current();
+        let old = self.file();
         let report = match Config::load(path, overrides) {
             Err(e) => {
                 warn!(trigger = ?trigger, error = %e, epoch = %old.epoch, "config reload refused; keeping the last good config");
@@ -148,7 +175,10 @@ impl ConfigHandle {
                 metrics::gauge!(CONFIG_INFO, "epoch" => old.epoch.clone()).set(0.0);
                 metrics::gauge!(CONFIG_INFO, "epoch" => new.epoch.clone()).set(1.0);
                 let epoch = new.epoch.clone();
-                self.current.store(Arc::new(new));
+                let overlay = self.overlay.lock().expect("overlay lock");
+                self.current.store(Arc::new(apply(&new, &overlay)));
+                self.file.store(Arc::new(new));
+                drop(overlay);
                 self.loaded_at_unix
                     .store(now_unix(), std::sync::atomic::Ordering::Relaxed);
                 ReloadReport {
@@ -171,6 +201,34 @@ impl ConfigHandle {
         *self.last.lock().expect("reload report lock") = Some(report.clone());
         report
     }
+}
+
+/// `file` with each migration's routing as its rollout says; the epoch names the overlay too (plans are cached
+/// per epoch).
+fn apply(file: &Config, overlay: &Overlay) -> Config {
+    let mut config = file.clone();
+    if overlay.is_empty() {
+        return config;
+    }
+    for m in &mut config.migrations {
+        if let Some(effect) = overlay.get(&m.name) {
+            m.reads.new_bp = effect.new_bp;
+            if effect.kill {
+                for rule in &mut m.reads.rules {
+                    rule.new_bp = 0;
+                }
+            }
+            m.writes = effect.writes;
+        }
+    }
+    let mut h = rustc_hash::FxHasher::default();
+    std::hash::Hash::hash(&format!("{overlay:?}"), &mut h);
+    config.epoch = format!(
+        "{}+rollout-{:08x}",
+        file.epoch,
+        std::hash::Hasher::finish(&h) as u32
+    );
+    config
 }
 
 /// Settings that are bound at startup (sockets, TLS material): a reload keeps the running values.

@@ -84,6 +84,8 @@ pub struct Timing {
     failed: Option<[u8; 2]>,
     /// A shadow comparison of this read, handed over if it succeeds.
     pub sample: Option<crate::shadow::Sample>,
+    /// Where a rollout's guards take this statement's latency and outcome, and its text hash.
+    pub measure: Option<(Arc<crate::rollout::Rollouts>, u64)>,
 }
 
 impl Timing {
@@ -93,6 +95,7 @@ impl Timing {
             started: std::time::Instant::now(),
             failed: None,
             sample: None,
+            measure: None,
         })
     }
 
@@ -108,8 +111,20 @@ impl Timing {
     /// The reply is complete: its latency, and whether it failed (by SQLSTATE class), per migration and route —
     /// the numbers a rollout's guards compare between routes.
     pub fn finish(self) {
-        metrics::statement_duration(&self.label.migration, self.label.route)
-            .record(self.started.elapsed().as_secs_f64());
+        let seconds = self.started.elapsed().as_secs_f64();
+        metrics::statement_duration(&self.label.migration, self.label.route).record(seconds);
+        if let Some((rollouts, hash)) = &self.measure {
+            let class = self
+                .failed
+                .map(|c| String::from_utf8_lossy(&c).into_owned());
+            rollouts.measurements.record(
+                &self.label.migration,
+                self.label.route,
+                *hash,
+                seconds,
+                class.as_deref(),
+            );
+        }
         for action in self.label.actions.iter() {
             let (metric, label, value) = match action.what {
                 ActionKind::ReadNew => (READS, "route", "new"),

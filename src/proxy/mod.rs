@@ -62,6 +62,8 @@ pub struct Shared {
     pub phase: watch::Receiver<Phase>,
     /// Where sessions send sampled reads for shadow comparison.
     pub shadow: Option<crate::shadow::Shadow>,
+    /// Where sessions record statements a rollout's guards judge.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
         phase: watch::Receiver<Phase>,
         sessions: descriptors::SessionLimit,
         shadow: Option<crate::shadow::Shadow>,
+        rollouts: Option<Arc<crate::rollout::Rollouts>>,
     ) -> Result<Shared, TlsSetupError> {
         let config = (*live.current()).clone();
         let client_tls = match &config.client_tls {
@@ -91,6 +94,7 @@ impl Shared {
             ended: AtomicU64::new(0),
             phase,
             shadow,
+            rollouts,
         })
     }
 }
@@ -123,9 +127,10 @@ pub async fn serve(
     workers: workers::Workers,
     sessions: descriptors::SessionLimit,
     shadow: Option<crate::shadow::Shadow>,
+    rollouts: Option<Arc<crate::rollout::Rollouts>>,
 ) -> Result<(), TlsSetupError> {
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let shared = Arc::new(Shared::new(live, phase_rx, sessions, shadow)?);
+    let shared = Arc::new(Shared::new(live, phase_rx, sessions, shadow, rollouts)?);
     let mut spare = descriptors::spare();
     let trimmer = tokio::spawn(trim::run(shared.clone()));
     let drain_timeout = shared.config.timeouts.drain;

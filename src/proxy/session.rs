@@ -525,7 +525,12 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let state = SessionState::default();
-    let statements = Statements::new(shared.live.clone(), facts, shared.shadow.clone());
+    let statements = Statements::new(
+        shared.live.clone(),
+        facts,
+        shared.shadow.clone(),
+        shared.rollouts.clone(),
+    );
     let mut front = ClientPump::new(cbuf, tx, &state, statements, gate);
     let mut back = UpstreamPump::new(ubuf, rx, &state, shared.phase.clone(), gate);
 

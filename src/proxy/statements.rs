@@ -50,6 +50,8 @@ struct Prepared {
     plan_key: u64,
     /// What running it may change besides data.
     touches: Touches,
+    /// A hash of its text: how rollout guards tell statements apart.
+    hash: u64,
 }
 
 /// A query pgshift runs on the session's own connection at a transaction boundary, before the client's next.
@@ -93,6 +95,8 @@ pub struct Statements {
     identity_unknown: bool,
     /// The state of the session's sampling draws.
     draws: u64,
+    /// Where statements of ramped migrations are measured for the guards.
+    rollouts: Option<Arc<crate::rollout::Rollouts>>,
 }
 
 /// A bound portal: how its replies are shaped, its latency label, and its shadow sample if it was drawn.
@@ -100,10 +104,17 @@ struct Portal {
     shape: Shape,
     label: Option<Label>,
     sample: Option<Sample>,
+    /// The statement's text hash.
+    hash: u64,
 }
 
 impl Statements {
-    pub fn new(live: Arc<ConfigHandle>, facts: SessionFacts, shadow: Option<Shadow>) -> Statements {
+    pub fn new(
+        live: Arc<ConfigHandle>,
+        facts: SessionFacts,
+        shadow: Option<Shadow>,
+        rollouts: Option<Arc<crate::rollout::Rollouts>>,
+    ) -> Statements {
         let config = live.current();
         let generation = live.generation();
         let mut s = Statements {
@@ -119,6 +130,7 @@ impl Statements {
             statements: HashMap::new(),
             portals: HashMap::new(),
             shadow,
+            rollouts,
             identity: None,
             identity_unknown: true,
             draws: {
@@ -230,6 +242,21 @@ impl Statements {
         }
     }
 
+    /// Whether a statement with `label` is measured for a rollout's guards (a read of a ramped migration), and
+    /// where to.
+    fn measure(&self, label: &Label, hash: u64) -> Option<(Arc<crate::rollout::Rollouts>, u64)> {
+        let rollouts = self.rollouts.as_ref()?;
+        if !matches!(label.route, "old" | "new") {
+            return None;
+        }
+        let config = self.planner.config();
+        let ramped = config
+            .migrations
+            .iter()
+            .any(|m| *m.name == *label.migration && m.ramp.is_some());
+        ramped.then(|| (rollouts.clone(), hash))
+    }
+
     /// Draws whether this read (its plan's `actions`) is compared, and if so prepares its comparison: the
     /// plan on the new route, the parameters (read only when drawn), the session's identity.
     fn sample(
@@ -334,6 +361,7 @@ impl Statements {
         let mut timing = Timing::start(label_of(&plan));
         if let Some(t) = timing.as_mut() {
             t.sample = self.sample(&sql, plan.actions(), || None);
+            t.measure = self.measure(&t.label, text_hash(&sql));
         }
         let respond = match &*plan {
             Plan::Forward { .. } => {
@@ -364,6 +392,7 @@ impl Statements {
         let messages::ParseParts { name, query, types } = messages::parse_message(frame)?;
         let sql = String::from_utf8_lossy(query).into_owned();
         let touches = Touches::of(&sql);
+        let hash = text_hash(&sql);
         let (respond, shape, label) = self.write_parse(name, &sql, types, out, false);
         self.statements.insert(
             name.to_vec(),
@@ -374,6 +403,7 @@ impl Statements {
                 label,
                 plan_key: self.planner.key(),
                 touches,
+                hash,
             },
         );
         Ok(Entry {
@@ -450,14 +480,15 @@ impl Statements {
         }
         let touches = self.statements.get(statement).map(|p| p.touches);
         self.ran(touches.unwrap_or_default());
-        let (shape, label, query) =
+        let (shape, label, query, hash) =
             self.statements
                 .get(statement)
-                .map_or((Shape::Same, None, None), |p| {
+                .map_or((Shape::Same, None, None, 0), |p| {
                     (
                         p.shape.clone(),
                         p.label.clone(),
                         Some((p.query.clone(), p.types.clone())),
+                        p.hash,
                     )
                 });
         let sample = match (&label, query) {
@@ -473,6 +504,7 @@ impl Statements {
                 shape,
                 label,
                 sample,
+                hash,
             },
         );
         out.extend_from_slice(frame);
@@ -492,9 +524,14 @@ impl Statements {
 
     pub fn on_execute(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let portal = messages::execute_portal(frame)?;
-        let (shape, label, sample) = match self.portals.get_mut(portal) {
-            Some(p) => (Some(p.shape.clone()), p.label.clone(), p.sample.take()),
-            None => (None, None, None),
+        let (shape, label, sample, hash) = match self.portals.get_mut(portal) {
+            Some(p) => (
+                Some(p.shape.clone()),
+                p.label.clone(),
+                p.sample.take(),
+                p.hash,
+            ),
+            None => (None, None, None, 0),
         };
         let start = out.len();
         out.extend_from_slice(frame);
@@ -513,6 +550,7 @@ impl Statements {
         let mut entry = single(Request::Execute, shape, label);
         if let Some(t) = entry.timing.as_mut() {
             t.sample = sample;
+            t.measure = self.measure(&t.label, hash);
         }
         Ok(entry)
     }
@@ -541,6 +579,15 @@ fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry
         respond,
         timing: Timing::start(label),
     }
+}
+
+/// How rollout guards tell statements apart: a hash of the client's text (prepared statements and parameterized
+/// queries keep one text per statement).
+fn text_hash(sql: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    sql.hash(&mut h);
+    h.finish()
 }
 
 /// The parameters of a Bind, for a shadow comparison; `types` is the Parse's type section.

@@ -833,6 +833,7 @@ pub(crate) mod tests {
             reads: Default::default(),
             salt: None,
             shadow: Default::default(),
+            guard: Default::default(),
         };
         validate(raw, "test", &mut Vec::new()).unwrap()
     }
@@ -855,6 +856,7 @@ pub(crate) mod tests {
             reads: Default::default(),
             salt: None,
             shadow: Default::default(),
+            guard: Default::default(),
         };
         validate(raw, "test", &mut Vec::new()).unwrap()
     }

@@ -81,9 +81,15 @@ pub struct Window {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Check {
     /// Too few statements on new to judge: nothing advances, nothing trips.
-    Insufficient { detail: String },
-    Pass { detail: String },
-    Fail { reasons: Vec<String> },
+    Insufficient {
+        detail: String,
+    },
+    Pass {
+        detail: String,
+    },
+    Fail {
+        reasons: Vec<String>,
+    },
 }
 
 impl Check {
@@ -224,9 +230,15 @@ mod tests {
             old: route(1000, &[], 1.0),
             new: route(99, &[("42", 99)], 50.0),
         };
-        assert!(matches!(check(&w, &guard(), None), Check::Insufficient { .. }));
+        assert!(matches!(
+            check(&w, &guard(), None),
+            Check::Insufficient { .. }
+        ));
         // A shadow mismatch needs no sample count.
-        assert!(matches!(check(&w, &guard(), Some("SELECT …")), Check::Fail { .. }));
+        assert!(matches!(
+            check(&w, &guard(), Some("SELECT …")),
+            Check::Fail { .. }
+        ));
     }
 
     #[test]
@@ -236,7 +248,11 @@ mod tests {
             old: route(1000, &[("40", 10)], 1.0),
             new: route(1000, &[("40", 19), ("23", 500)], 1.0),
         };
-        assert!(matches!(check(&ok, &g, None), Check::Pass { .. }), "{:?}", check(&ok, &g, None));
+        assert!(
+            matches!(check(&ok, &g, None), Check::Pass { .. }),
+            "{:?}",
+            check(&ok, &g, None)
+        );
         let bad = Window {
             old: route(1000, &[("40", 10)], 1.0),
             new: route(1000, &[("42", 30)], 1.0),
@@ -267,7 +283,8 @@ mod tests {
             panic!();
         };
         assert_eq!(reasons.len(), 2, "p95 and p99: {reasons:?}");
-        assert!(reasons[1].starts_with("p99 of statement 0000000000000007: 5.09 ms on new against 2.09 ms"));
+        assert!(reasons[1]
+            .starts_with("p99 of statement 0000000000000007: 5.09 ms on new against 2.09 ms"));
         // 20 % slower but only 0.1 ms: under the floor.
         let fast = Window {
             old: route(500, &[], 0.5),
@@ -279,8 +296,12 @@ mod tests {
     #[test]
     fn act_after_the_failure_limit_of_consecutive_failures() {
         let fail = Check::Fail { reasons: vec![] };
-        let pass = Check::Pass { detail: String::new() };
-        let wait = Check::Insufficient { detail: String::new() };
+        let pass = Check::Pass {
+            detail: String::new(),
+        };
+        let wait = Check::Insufficient {
+            detail: String::new(),
+        };
         let mut f = Failures::default();
         assert!(!f.after(&fail, 2));
         assert!(!f.after(&pass, 2), "a pass resets the count");

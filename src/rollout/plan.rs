@@ -70,14 +70,22 @@ impl State {
 /// What the rollout makes of a migration: the share of reads routed to new and the write phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Effect {
-    /// Replaces `reads.new_percent` and every rule's share.
+    /// Replaces `reads.new_percent`.
     pub new_bp: BasisPoints,
+    /// Rolled back: every targeting rule's share is 0 too (the kill switch).
+    pub kill: bool,
     pub writes: WriteMode,
 }
 
 /// The routing a state gives a migration whose config says `writes`.
 pub fn effect(ramp: &Ramp, state: &State, writes: WriteMode) -> Effect {
-    let at = |step: usize| ramp.steps.get(step).or(ramp.steps.last()).copied().unwrap_or(0);
+    let at = |step: usize| {
+        ramp.steps
+            .get(step)
+            .or(ramp.steps.last())
+            .copied()
+            .unwrap_or(0)
+    };
     let new_bp = match state.status {
         Status::Pending | Status::RolledBack => 0,
         Status::Ramping | Status::Paused => at(state.step),
@@ -90,7 +98,11 @@ pub fn effect(ramp: &Ramp, state: &State, writes: WriteMode) -> Effect {
         (_, WriteMode::DualWrite, true) => WriteMode::NewPrimary,
         (_, w, _) => w,
     };
-    Effect { new_bp, writes }
+    Effect {
+        new_bp,
+        kill: state.status == Status::RolledBack,
+        writes,
+    }
 }
 
 /// What a replica should do with a ramp now.
@@ -144,10 +156,19 @@ mod tests {
         let s = at(Status::Ramping, 0, 1_000);
         assert_eq!(next(&r, &s, 1_000 + 899_999, true), Move::Hold);
         assert_eq!(next(&r, &s, 1_000 + 900_000, true), Move::Advance(1));
-        assert_eq!(next(&r, &s, 1_000 + 900_000, false), Move::Hold, "guards first");
+        assert_eq!(
+            next(&r, &s, 1_000 + 900_000, false),
+            Move::Hold,
+            "guards first"
+        );
         let last = at(Status::Ramping, 4, 0);
         assert_eq!(next(&r, &last, 900_000, true), Move::Complete);
-        for status in [Status::Paused, Status::Pending, Status::RolledBack, Status::Complete] {
+        for status in [
+            Status::Paused,
+            Status::Pending,
+            Status::RolledBack,
+            Status::Complete,
+        ] {
             assert_eq!(next(&r, &at(status, 1, 0), i64::MAX, true), Move::Hold);
         }
     }
@@ -157,20 +178,35 @@ mod tests {
         let r = ramp();
         let e = |s: &State, w| effect(&r, s, w);
         assert_eq!(e(&State::pending(), WriteMode::DualWrite).new_bp, 0);
-        assert_eq!(e(&at(Status::Ramping, 2, 0), WriteMode::DualWrite).new_bp, 2500);
-        assert_eq!(e(&at(Status::Paused, 1, 0), WriteMode::DualWrite).new_bp, 500);
-        assert_eq!(e(&at(Status::Complete, 1, 0), WriteMode::DualWrite).new_bp, 10000);
+        assert_eq!(
+            e(&at(Status::Ramping, 2, 0), WriteMode::DualWrite).new_bp,
+            2500
+        );
+        assert_eq!(
+            e(&at(Status::Paused, 1, 0), WriteMode::DualWrite).new_bp,
+            500
+        );
+        assert_eq!(
+            e(&at(Status::Complete, 1, 0), WriteMode::DualWrite).new_bp,
+            10000
+        );
         let back = e(&at(Status::RolledBack, 3, 0), WriteMode::NewPrimary);
         assert_eq!((back.new_bp, back.writes), (0, WriteMode::DualWrite));
         let promoted = State {
             promoted: true,
             ..at(Status::Complete, 4, 0)
         };
-        assert_eq!(e(&promoted, WriteMode::DualWrite).writes, WriteMode::NewPrimary);
+        assert_eq!(
+            e(&promoted, WriteMode::DualWrite).writes,
+            WriteMode::NewPrimary
+        );
         let rolled_back = State {
             status: Status::RolledBack,
             ..promoted
         };
-        assert_eq!(e(&rolled_back, WriteMode::DualWrite).writes, WriteMode::DualWrite);
+        assert_eq!(
+            e(&rolled_back, WriteMode::DualWrite).writes,
+            WriteMode::DualWrite
+        );
     }
 }

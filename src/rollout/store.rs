@@ -9,7 +9,9 @@ use tokio_postgres::{Client, GenericClient};
 pub const CHANNEL: &str = "pgshift_rollout";
 
 /// Loads every migration's state.
-pub async fn load(client: &impl GenericClient) -> Result<Vec<(String, State)>, tokio_postgres::Error> {
+pub async fn load(
+    client: &impl GenericClient,
+) -> Result<Vec<(String, State)>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT migration, status, step, (extract(epoch FROM since) * 1000)::bigint, reason, promoted, version \
@@ -55,7 +57,10 @@ pub struct Change<'a> {
 
 /// Applies `change` with its event and notification in one transaction; false if another replica (or an
 /// operator) changed the state first.
-pub async fn apply(client: &mut Client, change: &Change<'_>) -> Result<bool, tokio_postgres::Error> {
+pub async fn apply(
+    client: &mut Client,
+    change: &Change<'_>,
+) -> Result<bool, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let status = change.status.label();
     let step = change.step as i32;
@@ -90,7 +95,14 @@ pub async fn apply(client: &mut Client, change: &Change<'_>) -> Result<bool, tok
         d.insert("step".into(), change.step.into());
         d.insert("reason".into(), change.reason.into());
     }
-    event(&tx, Some(change.migration), change.kind, change.actor, &detail).await?;
+    event(
+        &tx,
+        Some(change.migration),
+        change.kind,
+        change.actor,
+        &detail,
+    )
+    .await?;
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &change.migration])
         .await?;
     tx.commit().await?;

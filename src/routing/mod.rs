@@ -122,9 +122,11 @@ mod tests {
                 new_percent,
                 key: key.map(str::to_owned),
                 rules,
+                ramp: None,
             },
             salt: None,
             shadow: Default::default(),
+            guard: Default::default(),
         };
         let mut problems = Vec::new();
         validate(raw, "test", &mut problems).unwrap_or_else(|| panic!("{problems:?}"))

@@ -274,6 +274,17 @@ impl Findings {
         })
     }
 
+    /// The normalized text of `name`'s most mismatching statement, if one mismatches (for the rollout guards).
+    pub fn worst(&self, name: &str, thresholds: &Thresholds) -> Option<String> {
+        let all = self.0.lock().expect("findings lock");
+        all.get(name)?
+            .statements
+            .values()
+            .filter(|s| verdict::verdict(&s.tally, thresholds) == Verdict::Mismatch)
+            .max_by_key(|s| s.tally.mismatches)
+            .map(|s| s.normalized.clone())
+    }
+
     /// The verdict of `name` (for the rollout guards).
     pub fn verdict(&self, name: &str, thresholds: &Thresholds) -> Verdict {
         let all = self.0.lock().expect("findings lock");
