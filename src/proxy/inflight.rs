@@ -55,6 +55,8 @@ impl InFlight {
         }
         let completes = match request {
             Request::Query => tag == b'Z',
+            Request::Parse => matches!(tag, b'1' | b'E'),
+            Request::Bind => matches!(tag, b'2' | b'E'),
             Request::Execute => matches!(tag, b'C' | b'I' | b's' | b'E'),
             _ => false,
         };
@@ -86,6 +88,8 @@ pub struct Timing {
     pub sample: Option<crate::shadow::Sample>,
     /// Where a rollout's guards take this statement's latency and outcome, and its text hash.
     pub measure: Option<(Arc<crate::rollout::Rollouts>, u64)>,
+    /// The Parse or Bind of a statement: recorded only if the server refuses it (its executions are timed).
+    pub failure_only: bool,
 }
 
 impl Timing {
@@ -96,6 +100,7 @@ impl Timing {
             failed: None,
             sample: None,
             measure: None,
+            failure_only: false,
         })
     }
 
@@ -111,6 +116,9 @@ impl Timing {
     /// The reply is complete: its latency, and whether it failed (by SQLSTATE class), per migration and route —
     /// the numbers a rollout's guards compare between routes.
     pub fn finish(self) {
+        if self.failure_only && self.failed.is_none() {
+            return;
+        }
         let seconds = self.started.elapsed().as_secs_f64();
         metrics::statement_duration(&self.label.migration, self.label.route).record(seconds);
         if let Some((rollouts, hash)) = &self.measure {

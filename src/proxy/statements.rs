@@ -394,6 +394,14 @@ impl Statements {
         let touches = Touches::of(&sql);
         let hash = text_hash(&sql);
         let (respond, shape, label) = self.write_parse(name, &sql, types, out, false);
+        // A statement the server refuses at Parse never executes: its failure still counts for its route.
+        let timing = label.clone().and_then(|label| {
+            let measure = self.measure(&label, hash);
+            let mut t = Timing::start(Some(label))?;
+            t.measure = measure;
+            t.failure_only = true;
+            Some(t)
+        });
         self.statements.insert(
             name.to_vec(),
             Prepared {
@@ -409,7 +417,7 @@ impl Statements {
         Ok(Entry {
             request: Request::Parse,
             respond,
-            timing: None,
+            timing,
         })
     }
 
@@ -508,7 +516,21 @@ impl Statements {
             },
         );
         out.extend_from_slice(frame);
-        entries.push(Entry::forward(Request::Bind));
+        // Postgres checks privileges when it binds (ExecutorStart): a read of a table the client may not read
+        // fails here and its Execute is skipped. The failure counts for the route the statement was planned for.
+        let label = self.portals.get(portal).and_then(|p| p.label.clone());
+        let timing = label.and_then(|label| {
+            let measure = self.measure(&label, hash);
+            let mut t = Timing::start(Some(label))?;
+            t.measure = measure;
+            t.failure_only = true;
+            Some(t)
+        });
+        entries.push(Entry {
+            request: Request::Bind,
+            respond: Respond::Forward,
+            timing,
+        });
         Ok(())
     }
 

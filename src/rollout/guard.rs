@@ -47,6 +47,8 @@ pub struct Route {
 
 /// Latencies kept per statement and route in a window.
 pub const LATENCY_SAMPLES: usize = 4096;
+/// Latencies a statement needs on each route before they are compared.
+pub const LATENCY_MIN_SAMPLES: usize = 50;
 
 impl Route {
     pub fn record(&mut self, statement: u64, seconds: f64, error_class: Option<&str>) {
@@ -141,7 +143,8 @@ pub fn check(w: &Window, g: &Guard, shadow_mismatch: Option<&str>) -> Check {
         let Some(old) = w.old.latencies.get(statement) else {
             continue;
         };
-        let enough = (g.min_samples as usize).min(LATENCY_SAMPLES);
+        // Percentiles of a handful of samples are noise, whatever min_samples says.
+        let enough = (g.min_samples as usize).clamp(LATENCY_MIN_SAMPLES, LATENCY_SAMPLES);
         if new.len() < enough || old.len() < enough {
             continue;
         }

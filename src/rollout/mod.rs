@@ -240,7 +240,17 @@ async fn follow(r: Arc<Rollouts>) {
         {
             continue;
         }
+        let mut epoch = String::new();
         while !client.is_closed() {
+            // A config this replica has not announced yet: what it declares, as an event.
+            let file = r.live.file();
+            if file.epoch != epoch {
+                epoch = file.epoch.clone();
+                let detail = config_summary(&file);
+                if let Err(e) = store::event(&client, None, "config", &r.actor, &detail).await {
+                    tracing::warn!(error = %crate::admin::cause(&e), "rollout: cannot record the config event");
+                }
+            }
             match store::load(&client).await {
                 Ok(states) => r.absorb(states),
                 Err(_) => break,
@@ -252,6 +262,23 @@ async fn follow(r: Arc<Rollouts>) {
             }
         }
     }
+}
+
+/// What a config declares about migrations, for its event: phases, percentages, ramps.
+fn config_summary(config: &crate::config::Config) -> serde_json::Value {
+    serde_json::json!({
+        "epoch": config.epoch,
+        "migrations": config.migrations.iter().map(|m| serde_json::json!({
+            "name": m.name,
+            "writes": m.writes,
+            "new_percent": f64::from(m.reads.new_bp) / 100.0,
+            "ramp": m.ramp.as_ref().map(|r| serde_json::json!({
+                "steps": r.steps.iter().map(|&b| f64::from(b) / 100.0).collect::<Vec<_>>(),
+                "interval": humantime::format_duration(r.interval).to_string(),
+            })),
+            "shadow_percent": f64::from(m.shadow.sample_ppm) / 10_000.0,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn now_ms() -> i64 {

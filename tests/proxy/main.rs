@@ -15,6 +15,7 @@ mod migrations;
 mod orms;
 mod raw;
 mod reload;
+mod rollout;
 mod routing;
 mod shadow;
 mod tls;

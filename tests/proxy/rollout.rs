@@ -1,0 +1,456 @@
+//! Guarded rollouts with two pgshift replicas sharing one control database: a ramp walking its steps (only ever
+//! adding routing keys), the fleet-wide rollback reaching both replicas within a second under load, a guard
+//! tripping on errors on the new route and rolling back both, a restarted replica resuming at its step, and
+//! `start`/`promote` refused without a fresh verification.
+
+use crate::support::{
+    cluster, connect, eventually, fresh_db, http_get, start_proxy, Proxy, ProxyOptions,
+};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::process::Command;
+use tokio_postgres::Client;
+
+const SCHEMA: &str = "CREATE SCHEMA v2;
+CREATE TABLE users (id bigint PRIMARY KEY, fullname text NOT NULL, email text);
+CREATE TABLE v2.users (id bigint PRIMARY KEY, display_name text NOT NULL, email text);
+INSERT INTO users SELECT g, 'n' || g, 'e' || g FROM generate_series(1, 50) g;
+INSERT INTO v2.users SELECT id, fullname, email FROM users;";
+
+/// The users_v2 migration with a ramp and fast guards, its state shared through `db`.
+fn migration(db: &str, steps: &str, interval: &str, guard: &str) -> String {
+    format!(
+        "[control]\ndsn = {:?}\n\
+         [[migration]]\nname = \"users_v2\"\nkind = \"table\"\ntable = \"public.users\"\nnew_table = \"v2.users\"\n\
+         key = [\"id\"]\ncolumns = [{{ old = \"fullname\", new = \"display_name\" }}]\nwrites = \"dual_write\"\n\
+         [migration.reads]\nkey = \"application_name\"\n[migration.reads.ramp]\nsteps = {steps}\ninterval = {interval:?}\n\
+         [migration.guard]\ninterval = \"200ms\"\nfailure_limit = 1\n{guard}\n",
+        cluster().url(db)
+    )
+}
+
+/// The same migrations in a file the commands read.
+fn config_file(dir: &Path, migrations: &str) -> PathBuf {
+    let path = dir.join("pgshift.toml");
+    std::fs::write(
+        &path,
+        format!("[upstream]\naddr = {:?}\n{migrations}", cluster().addr()),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs `pgshift <args>`: (exit code, stdout, stderr).
+async fn pgshift(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_pgshift"))
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn rollout(config: &Path, lever: &str) -> (i32, String, String) {
+    pgshift(&[
+        "rollout",
+        lever,
+        "--config",
+        config.to_str().unwrap(),
+        "--migration",
+        "users_v2",
+    ])
+    .await
+}
+
+async fn verify(config: &Path) {
+    let (code, out, err) = pgshift(&[
+        "verify",
+        "--config",
+        config.to_str().unwrap(),
+        "--migration",
+        "users_v2",
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// The rollout as a replica's `/status` shows it.
+async fn state(proxy: &Proxy) -> Value {
+    let (_, body) = http_get(proxy.metrics_addr, "/status").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["migrations"][0]["rollout"].clone()
+}
+
+/// A session keyed by `app` (the routing key) through `proxy`.
+async fn session(proxy: &Proxy, db: &str, app: &str) -> Client {
+    connect(&format!("{}?application_name={app}", proxy.url(db))).await
+}
+
+/// Whether this session's reads go to new: id -1 exists only there.
+async fn reads_new(client: &Client) -> bool {
+    let row = client
+        .query_one("SELECT count(*) FROM users WHERE id = -1", &[])
+        .await
+        .unwrap();
+    row.get::<_, i64>(0) == 1
+}
+
+async fn marked(db: &str) -> Client {
+    let direct = connect(&cluster().url(db)).await;
+    direct.batch_execute(SCHEMA).await.unwrap();
+    direct
+}
+
+/// A ramp with a one-second interval walks 10 % → 50 % → 100 % on both replicas, each step only adding keys;
+/// `start` and `promote` are refused without a fresh clean verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_walks_its_steps_only_adding_keys() {
+    let db = fresh_db("t_rollout_ramp").await;
+    let direct = marked(&db).await;
+    let migrations = migration(&db, "[10, 50, 100]", "1s", "min_samples = 1");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &migrations);
+    let options = ProxyOptions {
+        migrations: migrations.clone(),
+        ..Default::default()
+    };
+    let (a, b) = (
+        start_proxy(options.clone()).await,
+        start_proxy(options).await,
+    );
+    let (code, _, err) = rollout(&config, "start").await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("has no clean verification: run pgshift verify first"),
+        "{err}"
+    );
+    // The marker row is the only difference, and verify would report it: verify before adding it.
+    direct
+        .batch_execute("DELETE FROM v2.users WHERE id = -1")
+        .await
+        .unwrap();
+    verify(&config).await;
+    direct
+        .batch_execute("INSERT INTO v2.users VALUES (-1, 'marker', NULL)")
+        .await
+        .unwrap();
+    assert_eq!(state(&a).await["status"], "pending");
+
+    let keys: Vec<String> = (0..30).map(|i| format!("key{i}")).collect();
+    let mut sessions = Vec::new();
+    for k in &keys {
+        sessions.push((session(&a, &db, k).await, session(&b, &db, k).await));
+    }
+    let (code, out, err) = rollout(&config, "start").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim(),
+        "users_v2: ramping at step 0 — reads 10% to new, writes dual_write"
+    );
+
+    // Probe every key on both replicas until the ramp completes: the keys on new only ever grow.
+    let mut history: Vec<Vec<bool>> = Vec::new();
+    let mut steps_seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = state(&a).await;
+        steps_seen.insert(format!("{}@{}", st["status"], st["new_percent"]));
+        let mut now = Vec::new();
+        for (via_a, via_b) in &sessions {
+            now.push(reads_new(via_a).await || reads_new(via_b).await);
+        }
+        if let Some(last) = history.last() {
+            for (i, (was, is)) in last.iter().zip(&now).enumerate() {
+                assert!(!was || *is, "key {i} went back to old during the ramp");
+            }
+        }
+        history.push(now);
+        if st["status"] == "complete" && state(&b).await["status"] == "complete" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ramp did not complete: {st:#}"
+        );
+    }
+    for step in ["\"ramping\"@10.0", "\"ramping\"@50.0", "\"complete\"@100.0"] {
+        assert!(steps_seen.contains(step), "{steps_seen:?}");
+    }
+    for (via_a, via_b) in &sessions {
+        assert!(reads_new(via_a).await && reads_new(via_b).await);
+    }
+    let some_but_not_all = history
+        .iter()
+        .any(|h| h.iter().any(|&n| n) && !h.iter().all(|&n| n));
+    assert!(some_but_not_all, "a step between none and all was seen");
+
+    // promote needs a fresh verification too.
+    direct
+        .batch_execute("DELETE FROM pgshift.verifications")
+        .await
+        .unwrap();
+    let (code, _, err) = rollout(&config, "promote").await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has no clean verification"), "{err}");
+    direct
+        .batch_execute("DELETE FROM v2.users WHERE id = -1")
+        .await
+        .unwrap();
+    verify(&config).await;
+    let (code, out, err) = rollout(&config, "promote").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("writes new_primary"), "{out}");
+    for proxy in [&a, &b] {
+        eventually(
+            Duration::from_secs(5),
+            "promoted on every replica",
+            || async { state(proxy).await["writes"] == "new_primary" },
+        )
+        .await;
+    }
+    let (code, out, _) = rollout(&config, "status").await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("complete at step 2") && out.contains("command"),
+        "{out}"
+    );
+    drop(sessions);
+    a.stop().await;
+    b.stop().await;
+}
+
+/// `pgshift rollout rollback` reaches both replicas within a second while they serve a prepared-statement
+/// load; a replica started mid-rollout resumes at the same step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_reaches_every_replica_within_a_second() {
+    let db = fresh_db("t_rollout_rollback").await;
+    let direct = marked(&db).await;
+    let migrations = migration(&db, "[100]", "1h", "min_samples = 1000000");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &migrations);
+    let options = ProxyOptions {
+        migrations,
+        ..Default::default()
+    };
+    let (a, b) = (
+        start_proxy(options.clone()).await,
+        start_proxy(options.clone()).await,
+    );
+    direct
+        .batch_execute("DELETE FROM v2.users WHERE id = -1")
+        .await
+        .unwrap();
+    verify(&config).await;
+    direct
+        .batch_execute("INSERT INTO v2.users VALUES (-1, 'marker', NULL)")
+        .await
+        .unwrap();
+    assert_eq!(rollout(&config, "start").await.0, 0);
+
+    // A replica started now routes as the others do.
+    let c = start_proxy(options).await;
+    eventually(
+        Duration::from_secs(5),
+        "the new replica reads the state",
+        || async { state(&c).await["status"] == "ramping" },
+    )
+    .await;
+    assert!(reads_new(&session(&c, &db, "late").await).await);
+    c.stop().await;
+
+    // Load: on each replica, sessions running a prepared statement back to back, noting when they see old.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_new = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for (i, proxy) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let client = session(proxy, &db, &format!("load{i}")).await;
+        let (stop, on_new) = (stop.clone(), on_new.clone());
+        readers.push(tokio::spawn(async move {
+            let read = client
+                .prepare("SELECT count(*) FROM users WHERE id = $1")
+                .await
+                .unwrap();
+            let mut saw_new = false;
+            loop {
+                let n: i64 = client.query_one(&read, &[&-1i64]).await.unwrap().get(0);
+                if n == 1 {
+                    if !saw_new {
+                        on_new.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    saw_new = true;
+                } else if saw_new {
+                    return Ok(Instant::now());
+                }
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(format!("reader {i}: saw new {saw_new}, never old"));
+                }
+            }
+        }));
+    }
+    eventually(Duration::from_secs(5), "every reader on new", || async {
+        on_new.load(std::sync::atomic::Ordering::Relaxed) == 4
+    })
+    .await;
+    let launched = Instant::now();
+    let (code, out, err) = rollout(&config, "rollback").await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("rolled_back at step 0 — reads 0% to new"),
+        "{out}"
+    );
+    let guard = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
+    let mut slowest = Duration::ZERO;
+    for r in readers {
+        let at = match r.await.unwrap() {
+            Ok(at) => at,
+            Err(e) => panic!("{e}: a {:#} b {:#}", state(&a).await, state(&b).await),
+        };
+        slowest = slowest.max(at.saturating_duration_since(launched));
+    }
+    guard.abort();
+    println!("rollback reached every session {slowest:?} after the command was launched");
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    let (kind, actor): (String, String) = {
+        let row = direct
+            .query_one(
+                "SELECT kind, actor FROM pgshift.events WHERE detail->>'status' = 'rolled_back'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!(kind, "command");
+    assert!(actor.ends_with("(pgshift rollout)"), "{actor}");
+    // Each replica announced the config it runs.
+    let configs: i64 = direct
+        .query_one(
+            "SELECT count(DISTINCT actor) FROM pgshift.events WHERE kind = 'config' \
+             AND detail->'migrations'->0->'ramp'->'steps' = '[100.0]'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(configs, 3, "replicas a, b and c");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Errors on the new route (its grant revoked) trip the guard of the replica that serves them; the trip is
+/// written to the shared state and rolls back the other replica too, with the event and its numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_on_new_trip_the_guard_and_roll_back_both_replicas() {
+    let db = fresh_db("t_rollout_trip").await;
+    let direct = marked(&db).await;
+    direct
+        .batch_execute(
+            "DROP ROLE IF EXISTS rollout_app; CREATE ROLE rollout_app LOGIN;
+             GRANT USAGE ON SCHEMA v2 TO rollout_app; GRANT SELECT ON users, v2.users TO rollout_app;
+             DELETE FROM v2.users WHERE id = -1;",
+        )
+        .await
+        .unwrap();
+    let migrations = migration(&db, "[50, 100]", "1h", "min_samples = 5");
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &migrations);
+    let options = ProxyOptions {
+        migrations,
+        ..Default::default()
+    };
+    let (a, b) = (
+        start_proxy(options.clone()).await,
+        start_proxy(options).await,
+    );
+    verify(&config).await;
+    assert_eq!(rollout(&config, "start").await.0, 0);
+    for proxy in [&a, &b] {
+        eventually(Duration::from_secs(5), "ramping", || async {
+            state(proxy).await["status"] == "ramping"
+        })
+        .await;
+    }
+    direct
+        .batch_execute("REVOKE SELECT ON v2.users FROM rollout_app")
+        .await
+        .unwrap();
+    // Traffic on replica a only, from keys on both routes.
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let url = format!(
+            "postgres://rollout_app@127.0.0.1:{}/{db}?application_name=app{i}",
+            a.port()
+        );
+        clients.push(connect(&url).await);
+    }
+    let mut failed = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&a).await["status"] != "rolled_back" {
+        if Instant::now() > deadline {
+            let (_, metrics) = http_get(a.metrics_addr, "/metrics").await;
+            let reads: Vec<&str> = metrics.lines().filter(|l| l.contains("users_v2")).collect();
+            let e = clients[0]
+                .query("SELECT fullname FROM users WHERE id = 3", &[])
+                .await;
+            let (_, status) = http_get(a.metrics_addr, "/status").await;
+            let _ = status;
+            panic!("the guard did not trip: failed={failed} {reads:#?} {e:?}");
+        }
+        for c in &clients {
+            if c.query("SELECT fullname FROM users WHERE id = 3", &[])
+                .await
+                .is_err()
+            {
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed > 0, "some reads failed on new");
+    eventually(
+        Duration::from_secs(2),
+        "the other replica rolled back",
+        || async {
+            let st = state(&b).await;
+            st["status"] == "rolled_back" && st["new_percent"] == 0.0
+        },
+    )
+    .await;
+    let reason = state(&b).await["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.starts_with("guard: error rate 100.00% on new"),
+        "{reason}"
+    );
+    // Every client reads old again, without errors.
+    for c in &clients {
+        c.query("SELECT fullname FROM users WHERE id = 3", &[])
+            .await
+            .unwrap();
+    }
+    let row = direct
+        .query_one("SELECT kind, actor, detail->'check'->>'result' FROM pgshift.events WHERE kind = 'trip'", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(2), "fail");
+    assert!(row.get::<_, String>(1).starts_with("pgshift@"));
+    drop(clients);
+    a.stop().await;
+    b.stop().await;
+    direct
+        .batch_execute("DROP OWNED BY rollout_app; DROP ROLE rollout_app")
+        .await
+        .unwrap();
+}
