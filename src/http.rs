@@ -73,6 +73,7 @@ fn status_json(state: &HttpState) -> String {
                 })).collect::<Vec<_>>(),
             },
             "rollout": state.rollouts.status(m),
+            "old_schema_usage": state.rollouts.usage.status(&m.name),
             "shadow": {
                 "sample_percent": f64::from(m.shadow.sample_ppm) / 10_000.0,
                 "log_values": m.shadow.log_values,

@@ -52,6 +52,8 @@ struct Prepared {
     touches: Touches,
     /// A hash of its text: how rollout guards tell statements apart.
     hash: u64,
+    /// The migration whose old table it names, counted among the prepared statements sessions hold.
+    counted: Option<Arc<str>>,
 }
 
 /// A query pgshift runs on the session's own connection at a transaction boundary, before the client's next.
@@ -97,6 +99,8 @@ pub struct Statements {
     draws: u64,
     /// Where statements of ramped migrations are measured for the guards.
     rollouts: Option<Arc<crate::rollout::Rollouts>>,
+    /// Statements on each migration not yet reported for contract readiness, and when it was last reported.
+    usage: HashMap<Arc<str>, (u64, Option<std::time::Instant>)>,
 }
 
 /// A bound portal: how its replies are shaped, its latency label, and its shadow sample if it was drawn.
@@ -131,6 +135,7 @@ impl Statements {
             portals: HashMap::new(),
             shadow,
             rollouts,
+            usage: HashMap::new(),
             identity: None,
             identity_unknown: true,
             draws: {
@@ -239,6 +244,28 @@ impl Statements {
             self.active
                 .iter()
                 .any(|&i| config.migrations[i].shadow.sample_ppm > 0)
+        }
+    }
+
+    /// A statement on `migration` (it names its old table): reported for contract readiness at most once a
+    /// second.
+    fn note_usage(&mut self, migration: &Arc<str>) {
+        let Some(rollouts) = &self.rollouts else {
+            return;
+        };
+        let pending = match self.usage.get_mut(migration) {
+            Some(p) => p,
+            None => self.usage.entry(migration.clone()).or_default(),
+        };
+        pending.0 += 1;
+        if pending
+            .1
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            rollouts
+                .usage
+                .statements(migration, &client_of(&self.facts), pending.0);
+            *pending = (0, Some(std::time::Instant::now()));
         }
     }
 
@@ -362,6 +389,7 @@ impl Statements {
         if let Some(t) = timing.as_mut() {
             t.sample = self.sample(&sql, plan.actions(), || None);
             t.measure = self.measure(&t.label, text_hash(&sql));
+            self.note_usage(&t.label.migration);
         }
         let respond = match &*plan {
             Plan::Forward { .. } => {
@@ -402,7 +430,14 @@ impl Statements {
             t.failure_only = true;
             Some(t)
         });
-        self.statements.insert(
+        let counted = match (&label, &self.rollouts) {
+            (Some(label), Some(rollouts)) if !name.is_empty() => {
+                rollouts.usage.prepared(&label.migration, 1);
+                Some(label.migration.clone())
+            }
+            _ => None,
+        };
+        let replaced = self.statements.insert(
             name.to_vec(),
             Prepared {
                 query: sql,
@@ -412,8 +447,10 @@ impl Statements {
                 plan_key: self.planner.key(),
                 touches,
                 hash,
+                counted,
             },
         );
+        self.uncount(replaced);
         Ok(Entry {
             request: Request::Parse,
             respond,
@@ -573,6 +610,7 @@ impl Statements {
         if let Some(t) = entry.timing.as_mut() {
             t.sample = sample;
             t.measure = self.measure(&t.label, hash);
+            self.note_usage(&t.label.migration);
         }
         Ok(entry)
     }
@@ -580,14 +618,53 @@ impl Statements {
     pub fn on_close(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<Entry, FrameError> {
         let (kind, name) = messages::target(frame)?;
         match kind {
-            b'S' => self.statements.remove(name),
+            b'S' => {
+                let closed = self.statements.remove(name);
+                self.uncount(closed);
+            }
             _ => {
                 self.portals.remove(name);
-                None
             }
         };
         out.extend_from_slice(frame);
         Ok(Entry::forward(Request::Close))
+    }
+}
+
+impl Statements {
+    /// A prepared statement the session no longer holds.
+    fn uncount(&self, gone: Option<Prepared>) {
+        if let (Some(m), Some(rollouts)) = (gone.and_then(|p| p.counted), &self.rollouts) {
+            rollouts.usage.prepared(&m, -1);
+        }
+    }
+}
+
+impl Drop for Statements {
+    /// The session ended: its prepared statements are gone, its last statements reported.
+    fn drop(&mut self) {
+        let Some(rollouts) = self.rollouts.clone() else {
+            return;
+        };
+        for p in self.statements.values() {
+            if let Some(m) = &p.counted {
+                rollouts.usage.prepared(m, -1);
+            }
+        }
+        let client = client_of(&self.facts);
+        for (m, (n, _)) in &self.usage {
+            if *n > 0 {
+                rollouts.usage.statements(m, &client, *n);
+            }
+        }
+    }
+}
+
+fn client_of(facts: &SessionFacts) -> crate::rollout::usage::Client {
+    crate::rollout::usage::Client {
+        application_name: facts.application_name.clone(),
+        user: facts.user.clone(),
+        client_addr: facts.client_addr.map(|a| a.to_string()),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod guard;
 pub mod plan;
 pub mod store;
+pub mod usage;
 
 use crate::config::migration::Migration;
 use crate::config::reload::{ConfigHandle, Overlay};
@@ -65,6 +66,8 @@ impl Measurements {
 pub struct Rollouts {
     live: Arc<ConfigHandle>,
     pub measurements: Measurements,
+    /// Who still uses each migration's old table (contract readiness).
+    pub usage: usage::Usage,
     states: Mutex<HashMap<String, State>>,
     checks: Mutex<HashMap<String, (Check, u32)>>,
     shadow: Option<Shadow>,
@@ -89,6 +92,7 @@ impl Rollouts {
         let r = Arc::new(Rollouts {
             live,
             measurements: Measurements::default(),
+            usage: usage::Usage::default(),
             states: Mutex::new(HashMap::new()),
             checks: Mutex::new(HashMap::new()),
             shadow,

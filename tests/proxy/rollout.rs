@@ -454,3 +454,66 @@ async fn errors_on_new_trip_the_guard_and_roll_back_both_replicas() {
         .await
         .unwrap();
 }
+
+/// Contract readiness: `/status` names who still sends statements on the old table, and counts the prepared
+/// statements live sessions hold on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_schema_usage_names_clients_and_prepared_statements() {
+    let db = fresh_db("t_rollout_usage").await;
+    marked(&db).await;
+    let proxy = start_proxy(ProxyOptions {
+        migrations: crate::migrations::users_migration("dual_write", "new_percent = 0"),
+        ..Default::default()
+    })
+    .await;
+    let usage = |proxy: &Proxy| {
+        let addr = proxy.metrics_addr;
+        async move {
+            let (_, body) = http_get(addr, "/status").await;
+            let v: Value = serde_json::from_str(&body).unwrap();
+            v["migrations"][0]["old_schema_usage"].clone()
+        }
+    };
+    let billing = session(&proxy, &db, "billing").await;
+    let one = billing.prepare("SELECT fullname FROM users WHERE id = $1").await.unwrap();
+    let two = billing.prepare("UPDATE users SET email = $1 WHERE id = $2").await.unwrap();
+    for id in 1..=5i64 {
+        billing.query(&one, &[&id]).await.unwrap();
+        billing.execute(&two, &[&"x", &id]).await.unwrap();
+    }
+    session(&proxy, &db, "reports")
+        .await
+        .simple_query("SELECT count(*) FROM users")
+        .await
+        .unwrap();
+    let u = usage(&proxy).await;
+    assert_eq!(u["prepared_statements"], 2, "{u:#}");
+    let names: Vec<&str> = u["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["application_name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"billing") && names.contains(&"reports"), "{u:#}");
+    let other = session(&proxy, &db, "unrelated").await;
+    other.simple_query("SELECT 1").await.unwrap();
+    drop((one, two, billing));
+    eventually(Duration::from_secs(5), "the session's statements released", || async {
+        let u = usage(&proxy).await;
+        u["prepared_statements"] == 0
+            && u["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["application_name"] == "billing" && c["statements"] == 10)
+    })
+    .await;
+    let u = usage(&proxy).await;
+    assert!(u["quiet_seconds"].as_u64().unwrap() < 5, "{u:#}");
+    assert!(
+        !u["clients"].as_array().unwrap().iter().any(|c| c["application_name"] == "unrelated"),
+        "{u:#}"
+    );
+    drop(other);
+    proxy.stop().await;
+}
