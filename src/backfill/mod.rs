@@ -70,27 +70,32 @@ impl LagSource {
                 }
                 row.get(1)
             }
-            LagSource::Replica(replica) => {
-                let row = replica
-                    .query_one(
-                        "SELECT pg_is_in_recovery(), CASE \
-                         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-                         ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END::float8",
-                        &[],
-                    )
-                    .await
-                    .map_err(|e| CopyError::LagUnreadable(cause(&e)))?;
-                if !row.get::<_, bool>(0) {
-                    return Err(CopyError::LagUnreadable(
-                        "the replica DSN points at a primary".into(),
-                    ));
-                }
-                // Behind, with no transaction replayed yet to date it: as far behind as can be.
-                row.get::<_, Option<f64>>(1).unwrap_or(f64::MAX)
-            }
+            LagSource::Replica(replica) => return replica_lag(replica).await,
         };
         Ok(Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX))
     }
+}
+
+/// A replica's own replay delay; a server that is not in recovery is an error (the DSN points at a primary).
+/// Also a rollout guard.
+pub async fn replica_lag(replica: &Client) -> Result<Duration, CopyError> {
+    let row = replica
+        .query_one(
+            "SELECT pg_is_in_recovery(), CASE \
+             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+             ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END::float8",
+            &[],
+        )
+        .await
+        .map_err(|e| CopyError::LagUnreadable(cause(&e)))?;
+    if !row.get::<_, bool>(0) {
+        return Err(CopyError::LagUnreadable(
+            "the replica DSN points at a primary".into(),
+        ));
+    }
+    // Behind, with no transaction replayed yet to date it: as far behind as can be.
+    let secs = row.get::<_, Option<f64>>(1).unwrap_or(f64::MAX);
+    Ok(Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::MAX))
 }
 
 /// What a backfill or verify reports as it goes; the CLI renders it (progress bar or JSON lines).

@@ -68,6 +68,8 @@ pub struct RawGuard {
     pub latency_floor: std::time::Duration,
     #[serde(default = "default_require_verified_within", with = "humantime_serde")]
     pub require_verified_within: std::time::Duration,
+    #[serde(default = "default_max_replication_lag", with = "humantime_serde")]
+    pub max_replication_lag: std::time::Duration,
 }
 
 impl Default for RawGuard {
@@ -82,6 +84,7 @@ impl Default for RawGuard {
             max_latency_ratio: default_max_latency_ratio(),
             latency_floor: default_latency_floor(),
             require_verified_within: default_require_verified_within(),
+            max_replication_lag: default_max_replication_lag(),
         }
     }
 }
@@ -109,6 +112,9 @@ fn default_max_latency_ratio() -> f64 {
 }
 fn default_latency_floor() -> std::time::Duration {
     std::time::Duration::from_millis(2)
+}
+fn default_max_replication_lag() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 fn default_require_verified_within() -> std::time::Duration {
     std::time::Duration::from_secs(24 * 3600)
@@ -650,6 +656,7 @@ fn validate_guard(raw: &RawGuard, problems: &mut Vec<String>) -> crate::rollout:
         max_latency_ratio: raw.max_latency_ratio,
         latency_floor: raw.latency_floor,
         require_verified_within: raw.require_verified_within,
+        max_replication_lag: raw.max_replication_lag,
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Guard {
     pub latency_floor: Duration,
     /// A clean verification at most this old before the first step and before `promote`.
     pub require_verified_within: Duration,
+    /// Replication lag at most this (checked when `[control] replica_dsn` names a replica).
+    pub max_replication_lag: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -104,9 +106,24 @@ impl Check {
     }
 }
 
-/// Judges one window. `shadow_mismatch` names a statement the shadow reads found mismatching, if any.
-pub fn check(w: &Window, g: &Guard, shadow_mismatch: Option<&str>) -> Check {
+/// Judges one window. `shadow_mismatch` names a statement the shadow reads found mismatching, if any; `lag` is
+/// the replica's replication lag when one is configured (an error if it could not be read).
+pub fn check(
+    w: &Window,
+    g: &Guard,
+    shadow_mismatch: Option<&str>,
+    lag: Option<&Result<Duration, String>>,
+) -> Check {
     let mut reasons = Vec::new();
+    match lag {
+        Some(Ok(lag)) if *lag > g.max_replication_lag => reasons.push(format!(
+            "replication lag {:.1} s (at most {:.1} s)",
+            lag.as_secs_f64(),
+            g.max_replication_lag.as_secs_f64()
+        )),
+        Some(Err(e)) => reasons.push(format!("replication lag unreadable: {e}")),
+        _ => {}
+    }
     if let Some(statement) = shadow_mismatch {
         reasons.push(format!(
             "shadow reads: the new schema answers differently to {statement}"
@@ -213,6 +230,7 @@ mod tests {
             max_latency_ratio: 1.15,
             latency_floor: Duration::from_millis(1),
             require_verified_within: Duration::from_secs(86400),
+            max_replication_lag: Duration::from_secs(10),
         }
     }
 
@@ -234,12 +252,12 @@ mod tests {
             new: route(99, &[("42", 99)], 50.0),
         };
         assert!(matches!(
-            check(&w, &guard(), None),
+            check(&w, &guard(), None, None),
             Check::Insufficient { .. }
         ));
         // A shadow mismatch needs no sample count.
         assert!(matches!(
-            check(&w, &guard(), Some("SELECT …")),
+            check(&w, &guard(), Some("SELECT …"), None),
             Check::Fail { .. }
         ));
     }
@@ -252,16 +270,16 @@ mod tests {
             new: route(1000, &[("40", 19), ("23", 500)], 1.0),
         };
         assert!(
-            matches!(check(&ok, &g, None), Check::Pass { .. }),
+            matches!(check(&ok, &g, None, None), Check::Pass { .. }),
             "{:?}",
-            check(&ok, &g, None)
+            check(&ok, &g, None, None)
         );
         let bad = Window {
             old: route(1000, &[("40", 10)], 1.0),
             new: route(1000, &[("42", 30)], 1.0),
         };
-        let Check::Fail { reasons } = check(&bad, &g, None) else {
-            panic!("{:?}", check(&bad, &g, None));
+        let Check::Fail { reasons } = check(&bad, &g, None, None) else {
+            panic!("{:?}", check(&bad, &g, None, None));
         };
         assert_eq!(
             reasons,
@@ -272,7 +290,7 @@ mod tests {
             old: route(3, &[], 1.0),
             new: route(1000, &[("42", 20)], 1.0),
         };
-        assert!(matches!(check(&alone, &g, None), Check::Fail { .. }));
+        assert!(matches!(check(&alone, &g, None, None), Check::Fail { .. }));
     }
 
     #[test]
@@ -282,7 +300,7 @@ mod tests {
             old: route(500, &[], 2.0),
             new: route(500, &[], 5.0),
         };
-        let Check::Fail { reasons } = check(&slow, &g, None) else {
+        let Check::Fail { reasons } = check(&slow, &g, None, None) else {
             panic!();
         };
         assert_eq!(reasons.len(), 2, "p95 and p99: {reasons:?}");
@@ -293,7 +311,28 @@ mod tests {
             old: route(500, &[], 0.5),
             new: route(500, &[], 0.6),
         };
-        assert!(matches!(check(&fast, &g, None), Check::Pass { .. }));
+        assert!(matches!(check(&fast, &g, None, None), Check::Pass { .. }));
+    }
+
+    #[test]
+    fn replication_lag_fails_when_too_high_or_unreadable() {
+        let w = Window::default();
+        let g = guard();
+        let high = Ok(Duration::from_secs(30));
+        let Check::Fail { reasons } = check(&w, &g, None, Some(&high)) else {
+            panic!();
+        };
+        assert_eq!(reasons, ["replication lag 30.0 s (at most 10.0 s)"]);
+        let unreadable = Err("the replica DSN points at a primary".to_owned());
+        assert!(matches!(
+            check(&w, &g, None, Some(&unreadable)),
+            Check::Fail { .. }
+        ));
+        let fine = Ok(Duration::from_secs(1));
+        assert!(matches!(
+            check(&w, &g, None, Some(&fine)),
+            Check::Insufficient { .. }
+        ));
     }
 
     #[test]

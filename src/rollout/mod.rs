@@ -268,6 +268,29 @@ async fn follow(r: Arc<Rollouts>) {
     }
 }
 
+/// The configured replica's replay lag, read as the backfill reads it (a replica that does not answer as a
+/// replica is an error, not zero).
+async fn replica_lag(
+    replica: &mut Option<Client>,
+    dsn: &str,
+    config: &crate::config::Config,
+) -> Result<Duration, String> {
+    if replica.as_ref().is_none_or(|c| c.is_closed()) {
+        *replica = Some(
+            crate::admin::connect_control(dsn, config.control.password_file.as_deref())
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let client = replica.as_ref().expect("connected above");
+    crate::backfill::replica_lag(client)
+        .await
+        .map_err(|e| match e {
+            crate::backfill::CopyError::LagUnreadable(why) => why,
+            other => other.to_string(),
+        })
+}
+
 /// What a config declares about migrations, for its event: phases, percentages, ramps.
 fn config_summary(config: &crate::config::Config) -> serde_json::Value {
     serde_json::json!({
@@ -295,6 +318,7 @@ fn now_ms() -> i64 {
 /// advances the ramp when its step has held long enough and the last check passed.
 async fn judge(r: Arc<Rollouts>) {
     let mut client: Option<Client> = None;
+    let mut replica: Option<Client> = None;
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut failures: HashMap<String, Failures> = HashMap::new();
     loop {
@@ -316,7 +340,11 @@ async fn judge(r: Arc<Rollouts>) {
                     .then(|| s.findings().worst(&m.name, &m.shadow.thresholds))
                     .flatten()
             });
-            let check = guard::check(&window, &m.guard, shadow.as_deref());
+            let lag = match &config.control.replica_dsn {
+                Some(dsn) => Some(replica_lag(&mut replica, dsn, &config).await),
+                None => None,
+            };
+            let check = guard::check(&window, &m.guard, shadow.as_deref(), lag.as_ref());
             let f = failures.entry(m.name.clone()).or_default();
             let trip = f.after(&check, m.guard.failure_limit);
             ::metrics::counter!(crate::metrics::ROLLOUT_CHECKS, "migration" => m.name.clone(), "result" => check.label())

@@ -628,3 +628,39 @@ async fn a_latency_regression_on_new_trips_the_latency_guard() {
     drop(clients);
     proxy.stop().await;
 }
+
+/// With `[control] replica_dsn`, replication lag is a guard; a replica that cannot be read as one (here the DSN
+/// names the primary) fails it closed and rolls the ramp back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_replication_lag_rolls_back() {
+    let db = fresh_db("t_rollout_lag").await;
+    let direct = marked(&db).await;
+    direct
+        .batch_execute("DELETE FROM v2.users WHERE id = -1")
+        .await
+        .unwrap();
+    let migrations = migration(&db, "[50, 100]", "1h", "min_samples = 1000000").replacen(
+        "[control]\n",
+        &format!("[control]\nreplica_dsn = {:?}\n", cluster().url(&db)),
+        1,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &migrations);
+    let proxy = start_proxy(ProxyOptions {
+        migrations,
+        ..Default::default()
+    })
+    .await;
+    verify(&config).await;
+    assert_eq!(rollout(&config, "start").await.0, 0);
+    eventually(Duration::from_secs(10), "rolled back", || async {
+        state(&proxy).await["status"] == "rolled_back"
+    })
+    .await;
+    let reason = state(&proxy).await["reason"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reason,
+        "guard: replication lag unreadable: the replica DSN points at a primary"
+    );
+    proxy.stop().await;
+}
