@@ -7,7 +7,7 @@ use crate::admin;
 use crate::config::migration::{Migration, WriteMode};
 use crate::config::{Config, Overrides};
 use crate::rollout::plan::{self, State, Status};
-use crate::rollout::store;
+use crate::rollout::{store, Backend};
 use std::path::PathBuf;
 use tokio_postgres::Client;
 
@@ -39,6 +39,10 @@ pub struct Args {
     /// Why (recorded in the event).
     #[arg(long)]
     pub reason: Option<String>,
+    /// Where `start` and `promote` check the last verification when the config has no [control] dsn (whose
+    /// database holds it otherwise).
+    #[arg(long)]
+    pub dsn: Option<String>,
 }
 
 /// Who runs the command, for the event: OS user and host.
@@ -65,19 +69,17 @@ pub async fn run(args: &Args) -> Result<(), CliError> {
             m.name
         )));
     };
-    let dsn = config.control.dsn.clone().ok_or(CliError::NoDsn)?;
-    let mut client = admin::connect_control(&dsn, config.control.password_file.as_deref()).await?;
-    let db = |e: tokio_postgres::Error| CliError::Rollout(admin::cause(&e));
-    crate::backfill::store::ensure(&client).await.map_err(db)?;
-    let state = store::load(&client)
+    let mut backend = Backend::open(&config).await.map_err(CliError::Rollout)?;
+    let state = backend
+        .load()
         .await
-        .map_err(db)?
+        .map_err(CliError::Rollout)?
         .into_iter()
         .find(|(name, _)| *name == m.name)
         .map(|(_, s)| s)
         .unwrap_or_else(State::pending);
     let (status, step, promoted) = match args.lever {
-        Lever::Status => return print_status(&client, m, ramp, &state).await,
+        Lever::Status => return print_status(&backend, m, ramp, &state).await,
         Lever::Start => {
             if matches!(state.status, Status::Ramping | Status::Complete) {
                 return Err(CliError::Rollout(format!(
@@ -85,7 +87,7 @@ pub async fn run(args: &Args) -> Result<(), CliError> {
                     state.status.label()
                 )));
             }
-            require_verified(&client, m).await?;
+            require_verified(&backend, &config, args.dsn.as_deref(), m).await?;
             (Status::Ramping, 0, state.promoted)
         }
         Lever::Pause => {
@@ -120,7 +122,7 @@ pub async fn run(args: &Args) -> Result<(), CliError> {
                     state.status.label()
                 )));
             }
-            require_verified(&client, m).await?;
+            require_verified(&backend, &config, args.dsn.as_deref(), m).await?;
             (state.status, state.step, true)
         }
     };
@@ -140,7 +142,7 @@ pub async fn run(args: &Args) -> Result<(), CliError> {
         actor: &actor(),
         detail: serde_json::json!({ "command": lever }),
     };
-    if !store::apply(&mut client, &change).await.map_err(db)? {
+    if !backend.apply(&change).await.map_err(CliError::Rollout)? {
         return Err(CliError::Rollout(
             "the rollout changed while this command ran (another replica or operator); look again with status"
                 .to_owned(),
@@ -176,8 +178,31 @@ fn writes_label(w: WriteMode) -> &'static str {
     }
 }
 
-/// `start` and `promote` need a clean verification younger than `guard.require_verified_within`.
-async fn require_verified(client: &Client, m: &Migration) -> Result<(), CliError> {
+/// `start` and `promote` need a clean verification younger than `guard.require_verified_within`, read where
+/// `pgshift verify` records it: the control database, or the one `--dsn` names.
+async fn require_verified(
+    backend: &Backend,
+    config: &Config,
+    dsn: Option<&str>,
+    m: &Migration,
+) -> Result<(), CliError> {
+    let connected;
+    let client: &Client = match (backend, dsn) {
+        (Backend::Database(c), None) => c,
+        (_, Some(dsn)) => {
+            connected = admin::connect_control(dsn, config.control.password_file.as_deref()).await?;
+            &connected
+        }
+        (Backend::File(_), None) => {
+            return Err(CliError::Rollout(
+                "give --dsn: the last verification is in the migrated database, and the config has no [control] dsn"
+                    .to_owned(),
+            ))
+        }
+    };
+    crate::backfill::store::ensure(client)
+        .await
+        .map_err(|e| CliError::Rollout(admin::cause(&e)))?;
     let age = store::verified_age(client, &m.name)
         .await
         .map_err(|e| CliError::Rollout(admin::cause(&e)))?;
@@ -198,7 +223,7 @@ async fn require_verified(client: &Client, m: &Migration) -> Result<(), CliError
 }
 
 async fn print_status(
-    client: &Client,
+    backend: &Backend,
     m: &Migration,
     ramp: &plan::Ramp,
     state: &State,
@@ -222,9 +247,10 @@ async fn print_status(
     if !state.reason.is_empty() {
         println!("reason: {}", state.reason);
     }
-    let events = store::recent_events(client, &m.name, 10)
+    let events = backend
+        .recent_events(&m.name, 10)
         .await
-        .map_err(|e| CliError::Rollout(admin::cause(&e)))?;
+        .map_err(CliError::Rollout)?;
     if !events.is_empty() {
         println!("recent events:");
     }

@@ -270,11 +270,12 @@ fn validate(mut raw: RawConfig, base: &Path, text: &str) -> Result<Config, Vec<S
 
     validate_control(&mut raw.control, base, &mut problems);
     if raw.control.dsn.is_none() {
-        for m in migrations.iter().filter(|m| m.ramp.is_some()) {
-            problems.push(format!(
-                "migration {:?}: reads.ramp needs [control] dsn (the rollout's state is shared through it)",
-                m.name
-            ));
+        let file = raw
+            .control
+            .state_file
+            .get_or_insert_with(|| PathBuf::from("pgshift-rollout.json"));
+        if file.is_relative() {
+            *file = base.join(&*file);
         }
         for m in migrations.iter().filter(|m| m.shadow.sample_ppm > 0) {
             problems.push(format!(

@@ -148,6 +148,9 @@ pub struct ControlSection {
     pub password_file: Option<PathBuf>,
     /// A replica whose replay lag throttles the backfill; without it, `pg_stat_replication` of the primary.
     pub replica_dsn: Option<String>,
+    /// Without `dsn`: where one pgshift keeps its rollout state (default `pgshift-rollout.json` beside the
+    /// config file).
+    pub state_file: Option<PathBuf>,
     #[serde(default)]
     pub backfill: BackfillSection,
     #[serde(default)]

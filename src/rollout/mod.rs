@@ -5,6 +5,7 @@
 //! one-second poll as the fallback). Each replica judges its own traffic; the first to see a guard fail writes the
 //! trip, which rolls back all.
 
+pub mod file;
 pub mod guard;
 pub mod plan;
 pub mod store;
@@ -227,6 +228,11 @@ async fn follow(r: Arc<Rollouts>) {
             tokio::time::sleep(POLL).await;
             continue;
         }
+        let config = r.live.file();
+        if config.control.dsn.is_none() {
+            follow_file(&r, &config).await;
+            continue;
+        }
         let notified = Arc::new(Notify::new());
         let Some(client) = control(&r.live, Some(notified.clone())).await else {
             if !warned {
@@ -308,6 +314,43 @@ fn config_summary(config: &crate::config::Config) -> serde_json::Value {
     })
 }
 
+/// A single pgshift without a control database: the state file, re-read when it changes (checked every 200 ms),
+/// until the config changes.
+async fn follow_file(r: &Rollouts, config: &crate::config::Config) {
+    let path = config
+        .control
+        .state_file
+        .clone()
+        .unwrap_or_else(|| "pgshift-rollout.json".into());
+    let store = file::FileStore::new(path);
+    if let Err(e) = store.event(None, "config", &r.actor, &config_summary(config)) {
+        tracing::warn!(error = %e, "rollout: cannot record the config event");
+    }
+    let mut seen = None;
+    let mut warned = false;
+    while r.live.file().epoch == config.epoch {
+        let modified = store.modified();
+        if modified != seen || modified.is_none() {
+            match store.load() {
+                Ok(states) => {
+                    seen = modified;
+                    warned = false;
+                    r.absorb(states);
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "rollout: cannot read the state file; routing keeps the last known state");
+                }
+                Err(_) => {}
+            }
+        }
+        tokio::select! {
+            _ = r.changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -317,7 +360,7 @@ fn now_ms() -> i64 {
 /// Checks each ramped migration's guards every `guard.interval` on this replica's own traffic; trips, or
 /// advances the ramp when its step has held long enough and the last check passed.
 async fn judge(r: Arc<Rollouts>) {
-    let mut client: Option<Client> = None;
+    let mut backend: Option<Backend> = None;
     let mut replica: Option<Client> = None;
     let mut last: HashMap<String, Instant> = HashMap::new();
     let mut failures: HashMap<String, Failures> = HashMap::new();
@@ -392,10 +435,10 @@ async fn judge(r: Arc<Rollouts>) {
             let Some((status, step, reason, kind)) = change else {
                 continue;
             };
-            if client.as_ref().is_none_or(|c| c.is_closed()) {
-                client = control(&r.live, None).await;
+            if backend.as_ref().is_none_or(Backend::is_closed) {
+                backend = Backend::open(&config).await.ok();
             }
-            let Some(c) = client.as_mut() else {
+            let Some(store) = backend.as_mut() else {
                 tracing::warn!(migration = %m.name, %reason, "rollout: cannot reach [control] dsn to record a change");
                 continue;
             };
@@ -410,7 +453,7 @@ async fn judge(r: Arc<Rollouts>) {
                 actor: &r.actor,
                 detail: serde_json::json!({ "check": check }),
             };
-            match store::apply(c, &change).await {
+            match store.apply(&change).await {
                 Ok(true) => {
                     if kind == "trip" {
                         ::metrics::counter!(crate::metrics::ROLLOUT_ROLLBACKS, "migration" => m.name.clone(), "reason" => "guard")
@@ -421,8 +464,8 @@ async fn judge(r: Arc<Rollouts>) {
                 }
                 Ok(false) => {} // another replica (or an operator) changed it first
                 Err(e) => {
-                    tracing::warn!(migration = %m.name, error = %crate::admin::cause(&e), "rollout: recording a change failed");
-                    client = None;
+                    tracing::warn!(migration = %m.name, error = %e, "rollout: recording a change failed");
+                    backend = None;
                 }
             }
         }
@@ -439,5 +482,85 @@ pub fn hostname() -> String {
         String::from_utf8_lossy(&buf[..end]).into_owned()
     } else {
         "unknown-host".to_owned()
+    }
+}
+
+/// Where a rollout's state lives: the control database (shared by every replica), or a local file for a single
+/// pgshift without one.
+pub enum Backend {
+    Database(Client),
+    File(file::FileStore),
+}
+
+impl Backend {
+    /// The control database if the config names one, else the state file.
+    pub async fn open(config: &crate::config::Config) -> Result<Backend, String> {
+        match &config.control.dsn {
+            Some(dsn) => {
+                let client =
+                    crate::admin::connect_control(dsn, config.control.password_file.as_deref())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                crate::backfill::store::ensure(&client)
+                    .await
+                    .map_err(|e| crate::admin::cause(&e))?;
+                Ok(Backend::Database(client))
+            }
+            None => Ok(Backend::File(file::FileStore::new(
+                config
+                    .control
+                    .state_file
+                    .clone()
+                    .unwrap_or_else(|| "pgshift-rollout.json".into()),
+            ))),
+        }
+    }
+
+    pub async fn load(&self) -> Result<Vec<(String, State)>, String> {
+        match self {
+            Backend::Database(c) => store::load(c).await.map_err(|e| crate::admin::cause(&e)),
+            Backend::File(f) => f.load(),
+        }
+    }
+
+    pub async fn apply(&mut self, change: &store::Change<'_>) -> Result<bool, String> {
+        match self {
+            Backend::Database(c) => store::apply(c, change)
+                .await
+                .map_err(|e| crate::admin::cause(&e)),
+            Backend::File(f) => f.apply(change),
+        }
+    }
+
+    pub async fn event(
+        &self,
+        migration: Option<&str>,
+        kind: &str,
+        actor: &str,
+        detail: &serde_json::Value,
+    ) -> Result<(), String> {
+        match self {
+            Backend::Database(c) => store::event(c, migration, kind, actor, detail)
+                .await
+                .map_err(|e| crate::admin::cause(&e)),
+            Backend::File(f) => f.event(migration, kind, actor, detail),
+        }
+    }
+
+    pub async fn recent_events(
+        &self,
+        migration: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String, String)>, String> {
+        match self {
+            Backend::Database(c) => store::recent_events(c, migration, limit as i64)
+                .await
+                .map_err(|e| crate::admin::cause(&e)),
+            Backend::File(f) => f.recent_events(migration, limit),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self, Backend::Database(c) if c.is_closed())
     }
 }

@@ -664,3 +664,91 @@ async fn unreadable_replication_lag_rolls_back() {
     );
     proxy.stop().await;
 }
+
+/// Without a control database a single pgshift keeps the rollout in a local file: the levers work the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_control_database_the_state_is_a_local_file() {
+    let db = fresh_db("t_rollout_file").await;
+    let direct = marked(&db).await;
+    direct
+        .batch_execute("DELETE FROM v2.users WHERE id = -1")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state_file = dir.path().join("state.json");
+    let migrations = migration(&db, "[100]", "1h", "").replacen(
+        &format!("[control]\ndsn = {:?}\n", cluster().url(&db)),
+        &format!(
+            "[control]\nstate_file = {:?}\n",
+            state_file.display().to_string()
+        ),
+        1,
+    );
+    assert!(!migrations.contains("dsn"), "{migrations}");
+    let config = config_file(dir.path(), &migrations);
+    let proxy = start_proxy(ProxyOptions {
+        migrations,
+        ..Default::default()
+    })
+    .await;
+    let url = cluster().url(&db);
+    let (code, _, err) = rollout(&config, "start").await;
+    assert_eq!(code, 1);
+    assert!(err.contains("give --dsn"), "{err}");
+    let (code, out, err) = pgshift(&[
+        "verify",
+        "--config",
+        config.to_str().unwrap(),
+        "--migration",
+        "users_v2",
+        "--dsn",
+        &url,
+        "--format",
+        "json",
+    ])
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+    direct
+        .batch_execute("INSERT INTO v2.users VALUES (-1, 'marker', NULL)")
+        .await
+        .unwrap();
+    let lever = |lever: &'static str| {
+        let config = config.clone();
+        let url = url.clone();
+        async move {
+            pgshift(&[
+                "rollout",
+                lever,
+                "--config",
+                config.to_str().unwrap(),
+                "--migration",
+                "users_v2",
+                "--dsn",
+                &url,
+            ])
+            .await
+        }
+    };
+    assert_eq!(lever("start").await.0, 0);
+    let client = session(&proxy, &db, "someone").await;
+    eventually(Duration::from_secs(5), "reads on new", || async {
+        reads_new(&client).await
+    })
+    .await;
+    assert_eq!(lever("rollback").await.0, 0);
+    eventually(Duration::from_secs(2), "reads on old", || async {
+        !reads_new(&client).await
+    })
+    .await;
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    assert_eq!(saved["rollouts"]["users_v2"]["status"], "rolled_back");
+    let (code, out, _) = lever("status").await;
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("rolled_back") && out.contains("command"),
+        "{out}"
+    );
+    drop(client);
+    proxy.stop().await;
+}
