@@ -74,6 +74,8 @@ pub struct Rollouts {
     shadow: Option<Shadow>,
     /// Who this replica is in events.
     actor: String,
+    /// The last config summary announced as an event.
+    announced: Mutex<Option<serde_json::Value>>,
     changed: Notify,
 }
 
@@ -98,6 +100,7 @@ impl Rollouts {
             checks: Mutex::new(HashMap::new()),
             shadow,
             actor,
+            announced: Mutex::new(None),
             changed: Notify::new(),
         });
         let tasks = vec![
@@ -146,6 +149,16 @@ impl Rollouts {
             "last_check": check,
             "consecutive_failures": failures,
         })
+    }
+
+    /// The config event's detail: what `config` declares, and what changed since the last one announced.
+    fn announce(&self, config: &crate::config::Config) -> serde_json::Value {
+        let summary = config_summary(config);
+        let mut last = self.announced.lock().expect("announced lock");
+        let mut detail = summary.clone();
+        detail["changes"] = config_changes(last.as_ref(), &summary);
+        *last = Some(summary);
+        detail
     }
 
     /// Takes the states read from the database; applies what they mean to the live config.
@@ -252,11 +265,11 @@ async fn follow(r: Arc<Rollouts>) {
         }
         let mut epoch = String::new();
         while !client.is_closed() {
-            // A config this replica has not announced yet: what it declares, as an event.
+            // A config this replica has not announced yet: what it declares and what changed, as an event.
             let file = r.live.file();
             if file.epoch != epoch {
                 epoch = file.epoch.clone();
-                let detail = config_summary(&file);
+                let detail = r.announce(&file);
                 if let Err(e) = store::event(&client, None, "config", &r.actor, &detail).await {
                     tracing::warn!(error = %crate::admin::cause(&e), "rollout: cannot record the config event");
                 }
@@ -297,6 +310,32 @@ async fn replica_lag(
         })
 }
 
+/// What changed between two configs' summaries: migrations added, removed, or changed (by name).
+fn config_changes(
+    before: Option<&serde_json::Value>,
+    after: &serde_json::Value,
+) -> serde_json::Value {
+    let by_name =
+        |v: Option<&serde_json::Value>| -> std::collections::BTreeMap<String, serde_json::Value> {
+            v.and_then(|v| v["migrations"].as_array())
+                .into_iter()
+                .flatten()
+                .map(|m| (m["name"].as_str().unwrap_or_default().to_owned(), m.clone()))
+                .collect()
+        };
+    let (old, new) = (by_name(before), by_name(Some(after)));
+    let added: Vec<&String> = new.keys().filter(|n| !old.contains_key(*n)).collect();
+    let removed: Vec<&String> = old.keys().filter(|n| !new.contains_key(*n)).collect();
+    let changed: Vec<serde_json::Value> = new
+        .iter()
+        .filter_map(|(n, m)| {
+            let was = old.get(n)?;
+            (was != m).then(|| serde_json::json!({"name": n, "from": was, "to": m}))
+        })
+        .collect();
+    serde_json::json!({"added": added, "removed": removed, "changed": changed})
+}
+
 /// What a config declares about migrations, for its event: phases, percentages, ramps.
 fn config_summary(config: &crate::config::Config) -> serde_json::Value {
     serde_json::json!({
@@ -323,7 +362,7 @@ async fn follow_file(r: &Rollouts, config: &crate::config::Config) {
         .clone()
         .unwrap_or_else(|| "pgshift-rollout.json".into());
     let store = file::FileStore::new(path);
-    if let Err(e) = store.event(None, "config", &r.actor, &config_summary(config)) {
+    if let Err(e) = store.event(None, "config", &r.actor, &r.announce(config)) {
         tracing::warn!(error = %e, "rollout: cannot record the config event");
     }
     let mut seen = None;
@@ -562,5 +601,27 @@ impl Backend {
 
     fn is_closed(&self) -> bool {
         matches!(self, Backend::Database(c) if c.is_closed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_events_say_what_changed() {
+        let v = |ms: serde_json::Value| serde_json::json!({ "migrations": ms });
+        let before = v(serde_json::json!([{"name": "a", "new_percent": 0.0}, {"name": "b"}]));
+        let after = v(serde_json::json!([{"name": "a", "new_percent": 5.0}, {"name": "c"}]));
+        let c = config_changes(Some(&before), &after);
+        assert_eq!(c["added"], serde_json::json!(["c"]));
+        assert_eq!(c["removed"], serde_json::json!(["b"]));
+        assert_eq!(c["changed"][0]["name"], "a");
+        assert_eq!(c["changed"][0]["from"]["new_percent"], 0.0);
+        assert_eq!(c["changed"][0]["to"]["new_percent"], 5.0);
+        assert_eq!(
+            config_changes(None, &after)["added"],
+            serde_json::json!(["a", "c"])
+        );
     }
 }

@@ -109,7 +109,7 @@ async fn marked(db: &str) -> Client {
     direct
 }
 
-/// A ramp with a one-second interval walks 10 % → 50 % → 100 % on both replicas, each step only adding keys;
+/// A ramp with a two-second interval walks 10 % → 50 % → 100 % on both replicas, each step only adding keys;
 /// `start` and `promote` are refused without a fresh clean verification.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ramp_walks_its_steps_only_adding_keys() {
@@ -119,7 +119,7 @@ async fn a_ramp_walks_its_steps_only_adding_keys() {
     let migrations = migration(
         &db,
         "[10, 50, 100]",
-        "1s",
+        "2s",
         "min_samples = 1\nlatency_floor = \"10s\"",
     );
     let dir = tempfile::tempdir().unwrap();
@@ -232,6 +232,35 @@ async fn a_ramp_walks_its_steps_only_adding_keys() {
         out.contains("complete at step 2") && out.contains("command"),
         "{out}"
     );
+    // Two replicas judged every step; exactly one wrote each move.
+    let moves: i64 = direct
+        .query_one(
+            "SELECT count(*) FROM pgshift.events WHERE kind = 'step'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(moves, 3, "10 → 50 → 100, then complete");
+    // The kill switch also undoes the promotion: writes fall back to dual_write.
+    assert_eq!(rollout(&config, "rollback").await.0, 0);
+    for proxy in [&a, &b] {
+        eventually(Duration::from_secs(2), "rolled back everywhere", || async {
+            let st = state(proxy).await;
+            st["writes"] == "dual_write" && st["new_percent"] == 0.0
+        })
+        .await;
+    }
+    // Each replica announced its config, and what it changed.
+    let changes: String = direct
+        .query_one(
+            "SELECT detail->'changes'->>'added' FROM pgshift.events WHERE kind = 'config' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(changes, "[\"users_v2\"]");
     drop(sessions);
     a.stop().await;
     b.stop().await;
