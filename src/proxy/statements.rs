@@ -269,19 +269,33 @@ impl Statements {
         }
     }
 
-    /// Whether a statement with `label` is measured for a rollout's guards (a read of a ramped migration), and
-    /// where to.
+    /// Whether a statement with `label` is judged by a rollout's guards: a read of a ramped migration.
+    fn ramped(&self, label: &Label) -> bool {
+        self.rollouts.is_some()
+            && matches!(label.route, "old" | "new")
+            && self
+                .planner
+                .config()
+                .migrations
+                .iter()
+                .any(|m| *m.name == *label.migration && m.ramp.is_some())
+    }
+
+    /// Where the guards take a statement with `label` (and its text `hash`), if they judge it.
     fn measure(&self, label: &Label, hash: u64) -> Option<(Arc<crate::rollout::Rollouts>, u64)> {
-        let rollouts = self.rollouts.as_ref()?;
-        if !matches!(label.route, "old" | "new") {
-            return None;
-        }
-        let config = self.planner.config();
-        let ramped = config
-            .migrations
-            .iter()
-            .any(|m| *m.name == *label.migration && m.ramp.is_some());
-        ramped.then(|| (rollouts.clone(), hash))
+        self.ramped(label)
+            .then(|| self.rollouts.clone())
+            .flatten()
+            .map(|r| (r, hash))
+    }
+
+    /// For the Parse or Bind of a judged statement: a record of it only if the server refuses it there.
+    fn failure_timing(&self, label: &Label, hash: u64) -> Option<Timing> {
+        let measure = self.measure(label, hash)?;
+        let mut t = Timing::start(Some(label.clone()))?;
+        t.measure = Some(measure);
+        t.failure_only = true;
+        Some(t)
     }
 
     /// Draws whether this read (its plan's `actions`) is compared, and if so prepares its comparison: the
@@ -388,7 +402,9 @@ impl Statements {
         let mut timing = Timing::start(label_of(&plan));
         if let Some(t) = timing.as_mut() {
             t.sample = self.sample(&sql, plan.actions(), || None);
-            t.measure = self.measure(&t.label, text_hash(&sql));
+            if self.ramped(&t.label) {
+                t.measure = self.measure(&t.label, text_hash(&sql));
+            }
             self.note_usage(&t.label.migration);
         }
         let respond = match &*plan {
@@ -420,16 +436,16 @@ impl Statements {
         let messages::ParseParts { name, query, types } = messages::parse_message(frame)?;
         let sql = String::from_utf8_lossy(query).into_owned();
         let touches = Touches::of(&sql);
-        let hash = text_hash(&sql);
         let (respond, shape, label) = self.write_parse(name, &sql, types, out, false);
+        // Only statements a rollout's guards judge need their text's hash.
+        let hash = match &label {
+            Some(label) if self.ramped(label) => text_hash(&sql),
+            _ => 0,
+        };
         // A statement the server refuses at Parse never executes: its failure still counts for its route.
-        let timing = label.clone().and_then(|label| {
-            let measure = self.measure(&label, hash);
-            let mut t = Timing::start(Some(label))?;
-            t.measure = measure;
-            t.failure_only = true;
-            Some(t)
-        });
+        let timing = label
+            .as_ref()
+            .and_then(|label| self.failure_timing(label, hash));
         let counted = match (&label, &self.rollouts) {
             (Some(label), Some(rollouts)) if !name.is_empty() => {
                 rollouts.usage.prepared(&label.migration, 1);
@@ -555,14 +571,11 @@ impl Statements {
         out.extend_from_slice(frame);
         // Postgres checks privileges when it binds (ExecutorStart): a read of a table the client may not read
         // fails here and its Execute is skipped. The failure counts for the route the statement was planned for.
-        let label = self.portals.get(portal).and_then(|p| p.label.clone());
-        let timing = label.and_then(|label| {
-            let measure = self.measure(&label, hash);
-            let mut t = Timing::start(Some(label))?;
-            t.measure = measure;
-            t.failure_only = true;
-            Some(t)
-        });
+        let timing = self
+            .portals
+            .get(portal)
+            .and_then(|p| p.label.as_ref())
+            .and_then(|label| self.failure_timing(label, hash));
         entries.push(Entry {
             request: Request::Bind,
             respond: Respond::Forward,

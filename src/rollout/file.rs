@@ -130,18 +130,12 @@ impl FileStore {
                 version: version + 1,
             },
         );
-        let mut detail = change.detail.clone();
-        if let Some(d) = detail.as_object_mut() {
-            d.insert("status".into(), change.status.label().into());
-            d.insert("step".into(), change.step.into());
-            d.insert("reason".into(), change.reason.into());
-        }
         push_event(
             &mut contents,
             Some(change.migration),
             change.kind,
             change.actor,
-            detail,
+            change.event_detail(),
         );
         self.write(&contents)?;
         Ok(true)

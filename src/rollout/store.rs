@@ -55,6 +55,19 @@ pub struct Change<'a> {
     pub detail: serde_json::Value,
 }
 
+impl Change<'_> {
+    /// The event's detail: the change's own details with the state it leads to.
+    pub fn event_detail(&self) -> serde_json::Value {
+        let mut detail = self.detail.clone();
+        if let Some(d) = detail.as_object_mut() {
+            d.insert("status".into(), self.status.label().into());
+            d.insert("step".into(), self.step.into());
+            d.insert("reason".into(), self.reason.into());
+        }
+        detail
+    }
+}
+
 /// Applies `change` with its event and notification in one transaction; false if another replica (or an
 /// operator) changed the state first.
 pub async fn apply(
@@ -89,12 +102,7 @@ pub async fn apply(
     if changed == 0 {
         return Ok(false);
     }
-    let mut detail = change.detail.clone();
-    if let Some(d) = detail.as_object_mut() {
-        d.insert("status".into(), status.into());
-        d.insert("step".into(), change.step.into());
-        d.insert("reason".into(), change.reason.into());
-    }
+    let detail = change.event_detail();
     event(
         &tx,
         Some(change.migration),

@@ -118,6 +118,21 @@ const USERS: &str = "CREATE SCHEMA v2;
 CREATE TABLE users (id bigserial PRIMARY KEY, fullname text NOT NULL, email text);
 CREATE TABLE v2.users (id bigint PRIMARY KEY, display_name text NOT NULL, email text);";
 
+/// A fresh database with `users` and `v2.users` holding the same `rows` rows.
+async fn users_with_rows(name: &str, rows: u32) -> (String, Client) {
+    let db = fresh_db(name).await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct
+        .batch_execute(&format!(
+            "{USERS}
+             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, {rows}) g;
+             INSERT INTO v2.users SELECT id, fullname, email FROM users;"
+        ))
+        .await
+        .unwrap();
+    (db, direct)
+}
+
 /// A `users_v2` table migration (dual writes, `reads` as given) comparing `sample` percent of reads.
 fn users_v2(db: &str, reads: &str, sample: &str) -> String {
     format!(
@@ -293,16 +308,7 @@ async fn a_correct_mapping_matches_under_concurrent_writes() {
     use crate::migrations::Lcg;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let db = fresh_db("t_shadow_concurrent").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct
-        .batch_execute(&format!(
-            "{USERS}
-             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 500) g;
-             INSERT INTO v2.users SELECT id, fullname, email FROM users;"
-        ))
-        .await
-        .unwrap();
+    let (db, _direct) = users_with_rows("t_shadow_concurrent", 500).await;
     let proxy = start_proxy(ProxyOptions {
         migrations: users_v2(&db, "new_percent = 50", "100"),
         ..Default::default()
@@ -539,16 +545,7 @@ async fn transcript(proxy: &Proxy, db: &str) -> Vec<String> {
 /// sampling off, message for message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_every_read_changes_nothing_the_client_sees() {
-    let db = fresh_db("t_shadow_invisible").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct
-        .batch_execute(&format!(
-            "{USERS}
-             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 20) g;
-             INSERT INTO v2.users SELECT id, fullname, email FROM users;"
-        ))
-        .await
-        .unwrap();
+    let (db, _direct) = users_with_rows("t_shadow_invisible", 20).await;
     let off = start_proxy(ProxyOptions {
         migrations: users_v2(&db, "new_percent = 0", "0"),
         ..Default::default()
