@@ -298,14 +298,9 @@ impl Statements {
         Some(t)
     }
 
-    /// Draws whether this read (its plan's `actions`) is compared, and if so prepares its comparison: the
-    /// plan on the new route, the parameters (read only when drawn), the session's identity.
-    fn sample(
-        &mut self,
-        sql: &str,
-        actions: &[Action],
-        params: impl FnOnce() -> Option<Params>,
-    ) -> Option<Sample> {
+    /// Draws whether this read (its plan's `actions`) is compared: the migration (its index in the config) and
+    /// the route it is served from, if so.
+    fn draw(&mut self, actions: &[Action]) -> Option<(usize, Side)> {
         let shadow = self.shadow.as_ref()?;
         let (migration, served) = actions.iter().find_map(|a| match a.what {
             ActionKind::ReadOld => Some((&a.migration, Side::Old)),
@@ -322,21 +317,31 @@ impl Statements {
         if m.shadow.sample_ppm == 0 || !shadow::draw(&mut self.draws, m.shadow.sample_ppm) {
             return None;
         }
-        let mapping = shadow::mapping_hash(m);
-        let Some(identity) = self.identity.clone() else {
-            shadow.skipped(&m.name, mapping, "identity_unknown");
+        if self.identity.is_none() {
+            shadow.skipped(&m.name, shadow::mapping_hash(m), "identity_unknown");
             return None;
-        };
-        let shadow = shadow.clone();
+        }
+        Some((index, served))
+    }
+
+    /// A drawn read's comparison: the plan on the new route, the parameters, the session's identity.
+    fn sample(
+        &self,
+        (index, served): (usize, Side),
+        sql: &str,
+        params: Option<Params>,
+    ) -> Option<Sample> {
+        let shadow = self.shadow.clone()?;
+        let m = &self.planner.config().migrations[index];
         let job = shadow::Job {
-            migration: migration.clone(),
-            mapping,
+            migration: m.name.as_str().into(),
+            mapping: shadow::mapping_hash(m),
             database: self.facts.database.clone(),
             served,
             sql: sql.to_owned(),
             new_plan: self.planner.plan_routed(sql, index, Route::New),
-            params: params(),
-            identity,
+            params,
+            identity: self.identity.clone()?,
         };
         Some(Sample { job, shadow })
     }
@@ -401,7 +406,9 @@ impl Statements {
         let plan = self.plan(&sql);
         let mut timing = Timing::start(label_of(&plan));
         if let Some(t) = timing.as_mut() {
-            t.sample = self.sample(&sql, plan.actions(), || None);
+            t.sample = self
+                .draw(plan.actions())
+                .and_then(|drawn| self.sample(drawn, &sql, None));
             if self.ramped(&t.label) {
                 t.measure = self.measure(&t.label, text_hash(&sql));
             }
@@ -541,24 +548,17 @@ impl Statements {
         }
         let touches = self.statements.get(statement).map(|p| p.touches);
         self.ran(touches.unwrap_or_default());
-        let (shape, label, query, hash) =
-            self.statements
-                .get(statement)
-                .map_or((Shape::Same, None, None, 0), |p| {
-                    (
-                        p.shape.clone(),
-                        p.label.clone(),
-                        Some((p.query.clone(), p.types.clone())),
-                        p.hash,
-                    )
-                });
-        let sample = match (&label, query) {
-            (Some(label), Some((query, types))) if self.shadow.is_some() => {
-                let actions = label.actions.clone();
-                self.sample(&query, &actions, || bound_params(frame, &types))
-            }
-            _ => None,
-        };
+        let (shape, label, hash) = self
+            .statements
+            .get(statement)
+            .map_or((Shape::Same, None, 0), |p| {
+                (p.shape.clone(), p.label.clone(), p.hash)
+            });
+        let drawn = label.as_ref().and_then(|l| self.draw(&l.actions));
+        let sample = drawn.and_then(|drawn| {
+            let p = self.statements.get(statement)?;
+            self.sample(drawn, &p.query, bound_params(frame, &p.types))
+        });
         self.portals.insert(
             portal.to_vec(),
             Portal {
