@@ -281,17 +281,21 @@ impl Statements {
                 .any(|m| *m.name == *label.migration && m.ramp.is_some())
     }
 
-    /// Where the guards take a statement with `label` (and its text `hash`), if they judge it.
-    fn measure(&self, label: &Label, hash: u64) -> Option<(Arc<crate::rollout::Rollouts>, u64)> {
-        self.ramped(label)
-            .then(|| self.rollouts.clone())
-            .flatten()
-            .map(|r| (r, hash))
+    /// Where the guards take a statement with `label` (and its text's hash), if they judge it.
+    fn measure(
+        &self,
+        label: &Label,
+        hash: impl FnOnce() -> u64,
+    ) -> Option<(Arc<crate::rollout::Rollouts>, u64)> {
+        if !self.ramped(label) {
+            return None;
+        }
+        Some((self.rollouts.clone()?, hash()))
     }
 
     /// For the Parse or Bind of a judged statement: a record of it only if the server refuses it there.
     fn failure_timing(&self, label: &Label, hash: u64) -> Option<Timing> {
-        let measure = self.measure(label, hash)?;
+        let measure = self.measure(label, || hash)?;
         let mut t = Timing::start(Some(label.clone()))?;
         t.measure = Some(measure);
         t.failure_only = true;
@@ -409,9 +413,7 @@ impl Statements {
             t.sample = self
                 .draw(plan.actions())
                 .and_then(|drawn| self.sample(drawn, &sql, None));
-            if self.ramped(&t.label) {
-                t.measure = self.measure(&t.label, text_hash(&sql));
-            }
+            t.measure = self.measure(&t.label, || text_hash(&sql));
             self.note_usage(&t.label.migration);
         }
         let respond = match &*plan {
@@ -622,7 +624,7 @@ impl Statements {
         let mut entry = single(Request::Execute, shape, label);
         if let Some(t) = entry.timing.as_mut() {
             t.sample = sample;
-            t.measure = self.measure(&t.label, hash);
+            t.measure = self.measure(&t.label, || hash);
             self.note_usage(&t.label.migration);
         }
         Ok(entry)
