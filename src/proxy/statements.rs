@@ -50,7 +50,7 @@ struct Prepared {
     plan_key: u64,
     /// What running it may change besides data.
     touches: Touches,
-    /// A hash of its text: how rollout guards tell statements apart.
+    /// A hash of its text (constants lifted): how rollout guards tell statements apart.
     hash: u64,
     /// The migration whose old table it names, counted among the prepared statements sessions hold.
     counted: Option<Arc<str>>,
@@ -695,12 +695,16 @@ fn single(request: Request, shape: Option<Shape>, label: Option<Label>) -> Entry
     }
 }
 
-/// How rollout guards tell statements apart: a hash of the client's text (prepared statements and parameterized
-/// queries keep one text per statement).
+/// How rollout guards tell statements apart: a hash of the client's text with its constants lifted out, as the
+/// plan cache does, so `WHERE id = 1` and `WHERE id = 2` are one statement (prepared statements and parameterized
+/// queries have one text already).
 fn text_hash(sql: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
-    sql.hash(&mut h);
+    match crate::rewrite::literals::lift(sql) {
+        Some(lifted) => lifted.text.hash(&mut h),
+        None => sql.hash(&mut h),
+    }
     h.finish()
 }
 
@@ -757,6 +761,18 @@ pub fn settings_from_options(options: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn statements_differing_only_in_constants_are_one_for_the_guards() {
+        assert_eq!(
+            text_hash("SELECT fullname FROM users WHERE id = 1"),
+            text_hash("SELECT fullname FROM users WHERE id = 2")
+        );
+        assert_ne!(
+            text_hash("SELECT fullname FROM users WHERE id = 1"),
+            text_hash("SELECT email FROM users WHERE id = 1")
+        );
+    }
 
     #[test]
     fn settings_are_read_from_options() {
