@@ -20,13 +20,22 @@ pub enum AdminError {
 }
 
 pub async fn connect(dsn: &str) -> Result<Client, AdminError> {
-    let (client, connection) =
-        tokio_postgres::connect(dsn, NoTls)
-            .await
-            .map_err(|e| AdminError::Connect {
-                dsn: redact(dsn),
-                cause: cause(&e),
-            })?;
+    let config = dsn.parse().map_err(|e| AdminError::Connect {
+        dsn: redact(dsn),
+        cause: cause(&e),
+    })?;
+    open(&config, dsn).await
+}
+
+/// Connects with `config` (which `dsn` names in errors, redacted) and drives the connection in the background.
+pub async fn open(config: &tokio_postgres::Config, dsn: &str) -> Result<Client, AdminError> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| AdminError::Connect {
+            dsn: redact(dsn),
+            cause: cause(&e),
+        })?;
     tokio::spawn(connection);
     Ok(client)
 }
@@ -37,16 +46,7 @@ pub async fn connect_control(
     dsn: &str,
     password_file: Option<&std::path::Path>,
 ) -> Result<Client, AdminError> {
-    let config = control_config(dsn, password_file)?;
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| AdminError::Connect {
-            dsn: redact(dsn),
-            cause: cause(&e),
-        })?;
-    tokio::spawn(connection);
-    Ok(client)
+    open(&control_config(dsn, password_file)?, dsn).await
 }
 
 /// The connection settings of [`connect_control`], for callers that change the database.

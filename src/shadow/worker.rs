@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex};
 use tokio_postgres::types::{Format, IsNull, ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
 pub fn start(
     rx: mpsc::Receiver<Job>,
@@ -129,15 +129,7 @@ async fn connection<'a>(
         let mut settings = admin::control_config(dsn, config.control.password_file.as_deref())?;
         settings.dbname(database);
         settings.application_name("pgshift shadow reads");
-        let (client, conn) =
-            settings
-                .connect(NoTls)
-                .await
-                .map_err(|e| admin::AdminError::Connect {
-                    dsn: admin::redact(dsn),
-                    cause: admin::cause(&e),
-                })?;
-        tokio::spawn(conn);
+        let client = admin::open(&settings, dsn).await?;
         connections.insert(
             database.to_owned(),
             Connection {

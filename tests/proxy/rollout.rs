@@ -89,6 +89,21 @@ async fn state(proxy: &Proxy) -> Value {
     v["migrations"][0]["rollout"].clone()
 }
 
+/// One pgshift with `migrations`, the migration verified and its rollout started: (the config's directory, the
+/// config file the commands read, the proxy).
+async fn started(migrations: String) -> (tempfile::TempDir, PathBuf, Proxy) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &migrations);
+    let proxy = start_proxy(ProxyOptions {
+        migrations,
+        ..Default::default()
+    })
+    .await;
+    verify(&config).await;
+    assert_eq!(rollout(&config, "start").await.0, 0);
+    (dir, config, proxy)
+}
+
 /// A session keyed by `app` (the routing key) through `proxy`.
 async fn session(proxy: &Proxy, db: &str, app: &str) -> Client {
     connect(&format!("{}?application_name={app}", proxy.url(db))).await
@@ -606,15 +621,7 @@ async fn a_latency_regression_on_new_trips_the_latency_guard() {
         "min_samples = 50\naction = \"pause\"",
     )
     .replace("interval = \"200ms\"", "interval = \"1s\"");
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path(), &migrations);
-    let proxy = start_proxy(ProxyOptions {
-        migrations,
-        ..Default::default()
-    })
-    .await;
-    verify(&config).await;
-    assert_eq!(rollout(&config, "start").await.0, 0);
+    let (_dir, _config, proxy) = started(migrations).await;
     eventually(Duration::from_secs(5), "ramping", || async {
         state(&proxy).await["status"] == "ramping"
     })
@@ -673,15 +680,7 @@ async fn unreadable_replication_lag_rolls_back() {
         &format!("[control]\nreplica_dsn = {:?}\n", cluster().url(&db)),
         1,
     );
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path(), &migrations);
-    let proxy = start_proxy(ProxyOptions {
-        migrations,
-        ..Default::default()
-    })
-    .await;
-    verify(&config).await;
-    assert_eq!(rollout(&config, "start").await.0, 0);
+    let (_dir, _config, proxy) = started(migrations).await;
     eventually(Duration::from_secs(10), "rolled back", || async {
         state(&proxy).await["status"] == "rolled_back"
     })

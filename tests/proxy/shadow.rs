@@ -118,15 +118,16 @@ const USERS: &str = "CREATE SCHEMA v2;
 CREATE TABLE users (id bigserial PRIMARY KEY, fullname text NOT NULL, email text);
 CREATE TABLE v2.users (id bigint PRIMARY KEY, display_name text NOT NULL, email text);";
 
-/// A fresh database with `users` and `v2.users` holding the same `rows` rows.
-async fn users_with_rows(name: &str, rows: u32) -> (String, Client) {
+/// A fresh database with `users` and `v2.users` holding the same `rows` rows, then `more` run.
+async fn users_with_rows(name: &str, rows: u32, more: &str) -> (String, Client) {
     let db = fresh_db(name).await;
     let direct = connect(&cluster().url(&db)).await;
     direct
         .batch_execute(&format!(
             "{USERS}
              INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, {rows}) g;
-             INSERT INTO v2.users SELECT id, fullname, email FROM users;"
+             INSERT INTO v2.users SELECT id, fullname, email FROM users;
+             {more}"
         ))
         .await
         .unwrap();
@@ -308,7 +309,7 @@ async fn a_correct_mapping_matches_under_concurrent_writes() {
     use crate::migrations::Lcg;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    let (db, _direct) = users_with_rows("t_shadow_concurrent", 500).await;
+    let (db, _direct) = users_with_rows("t_shadow_concurrent", 500, "").await;
     let proxy = start_proxy(ProxyOptions {
         migrations: users_v2(&db, "new_percent = 50", "100"),
         ..Default::default()
@@ -399,18 +400,14 @@ async fn a_correct_mapping_matches_under_concurrent_writes() {
 /// physical order: both are noise, not mismatches, while a real difference next to them still is one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nondeterministic_reads_are_noise() {
-    let db = fresh_db("t_shadow_noise").await;
-    let direct = connect(&cluster().url(&db)).await;
-    // New holds the same rows in the reverse physical order.
-    direct
-        .batch_execute(&format!(
-            "{USERS}
-             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 200) g;
-             INSERT INTO v2.users SELECT id, fullname, email FROM users ORDER BY id DESC;
-             UPDATE v2.users SET email = 'wrong' WHERE id = 7;"
-        ))
-        .await
-        .unwrap();
+    // New holds the same rows in the reverse physical order, and one wrong email.
+    let (db, _direct) = users_with_rows(
+        "t_shadow_noise",
+        200,
+        "TRUNCATE v2.users; INSERT INTO v2.users SELECT id, fullname, email FROM users ORDER BY id DESC;
+         UPDATE v2.users SET email = 'wrong' WHERE id = 7;",
+    )
+    .await;
     let proxy = start_proxy(ProxyOptions {
         migrations: users_v2(&db, "new_percent = 0", "100"),
         ..Default::default()
@@ -545,7 +542,7 @@ async fn transcript(proxy: &Proxy, db: &str) -> Vec<String> {
 /// sampling off, message for message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_every_read_changes_nothing_the_client_sees() {
-    let (db, _direct) = users_with_rows("t_shadow_invisible", 20).await;
+    let (db, _direct) = users_with_rows("t_shadow_invisible", 20, "").await;
     let off = start_proxy(ProxyOptions {
         migrations: users_v2(&db, "new_percent = 0", "0"),
         ..Default::default()
@@ -585,19 +582,14 @@ async fn sampling_every_read_changes_nothing_the_client_sees() {
 /// client's role makes the comparison an error. Either way the client sees only its own results.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comparisons_run_with_the_clients_privileges() {
-    let db = fresh_db("t_shadow_privileges").await;
-    let direct = connect(&cluster().url(&db)).await;
-    direct
-        .batch_execute(&format!(
-            "{USERS}
-             INSERT INTO users (fullname, email) SELECT 'n' || g, 'e' || g FROM generate_series(1, 20) g;
-             INSERT INTO v2.users SELECT id, fullname, email FROM users;
-             DROP ROLE IF EXISTS shadow_app; DROP ROLE IF EXISTS shadow_ctl;
+    let (db, direct) = users_with_rows(
+        "t_shadow_privileges",
+        20,
+        "DROP ROLE IF EXISTS shadow_app; DROP ROLE IF EXISTS shadow_ctl;
              CREATE ROLE shadow_app LOGIN; GRANT SELECT ON users TO shadow_app;
-             CREATE ROLE shadow_ctl LOGIN;"
-        ))
-        .await
-        .unwrap();
+             CREATE ROLE shadow_ctl LOGIN;",
+    )
+    .await;
     let as_app = |proxy: &Proxy| format!("postgres://shadow_app@127.0.0.1:{}/{db}", proxy.port());
     let superuser = start_proxy(ProxyOptions {
         migrations: users_v2(&db, "new_percent = 0", "100"),
