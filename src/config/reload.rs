@@ -66,9 +66,13 @@ pub struct ConfigHandle {
     source: Option<(PathBuf, Overrides)>,
     last: Mutex<Option<ReloadReport>>,
     loaded_at_unix: std::sync::atomic::AtomicU64,
-    /// Bumped by every reload attempt, valid or not: sessions then re-read their catalog at their next
-    /// transaction boundary (so a SIGHUP after DDL on a migrated table refreshes column lists).
+    /// Bumped by every reload attempt and every rollout change: sessions re-read the config and re-route at their
+    /// next transaction boundary.
     generation: std::sync::atomic::AtomicU64,
+    /// Bumped by every reload attempt, valid or not: sessions then re-read their catalog at their next
+    /// transaction boundary (so a SIGHUP after DDL on a migrated table refreshes column lists). A rollout changes
+    /// routing only, not what the tables hold: no catalog lookup for it.
+    reloads: std::sync::atomic::AtomicU64,
 }
 
 fn now_unix() -> u64 {
@@ -89,6 +93,7 @@ impl ConfigHandle {
             last: Mutex::new(None),
             loaded_at_unix: now_unix().into(),
             generation: 0.into(),
+            reloads: 0.into(),
         })
     }
 
@@ -125,6 +130,11 @@ impl ConfigHandle {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Reload attempts so far (see the field).
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn last_reload(&self) -> Option<ReloadReport> {
@@ -195,6 +205,8 @@ impl ConfigHandle {
     }
 
     fn record(&self, report: ReloadReport) -> ReloadReport {
+        self.reloads
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         metrics::counter!(CONFIG_RELOADS, "result" => report.result.label()).increment(1);

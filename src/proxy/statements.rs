@@ -82,7 +82,10 @@ pub struct Statements {
     /// Whether routes were decided since the active set last changed.
     routed: bool,
     planner: Planner,
+    /// The config reloads counted when the catalog was last read ([`ConfigHandle::reloads`]).
     schema_generation: Option<u64>,
+    /// The config reloads counted at the last refresh.
+    reloads: u64,
     /// The routing settings changed since routes were last decided.
     facts_changed: bool,
     /// A statement that may have changed the routing settings ran: read them again at the next boundary.
@@ -121,6 +124,7 @@ impl Statements {
     ) -> Statements {
         let config = live.current();
         let generation = live.generation();
+        let reloads = live.reloads();
         let mut s = Statements {
             live,
             generation,
@@ -129,6 +133,7 @@ impl Statements {
             routed: false,
             planner: Planner::new(config),
             schema_generation: None,
+            reloads,
             facts_changed: false,
             settings_unknown: false,
             statements: HashMap::new(),
@@ -180,6 +185,7 @@ impl Statements {
         let mut changed = !self.routed || self.facts_changed;
         if generation != self.generation {
             self.generation = generation;
+            self.reloads = self.live.reloads();
             let watched = !self.active.is_empty();
             self.select_active(Some(self.live.current()));
             changed = true;
@@ -208,7 +214,7 @@ impl Statements {
         if self.identity_unknown && self.shadowing() {
             return Some((Lookup::Identity, shadow::IDENTITY_SQL.to_owned()));
         }
-        if self.active.is_empty() || self.schema_generation == Some(self.generation) {
+        if self.active.is_empty() || self.schema_generation == Some(self.reloads) {
             return None;
         }
         let config = self.planner.config();
@@ -377,7 +383,7 @@ impl Statements {
                 Schema::default()
             }
         };
-        self.schema_generation = Some(self.generation);
+        self.schema_generation = Some(self.reloads);
         self.planner.set_schema(schema);
     }
 
