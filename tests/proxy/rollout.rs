@@ -69,12 +69,16 @@ async fn rollout(config: &Path, lever: &str) -> (i32, String, String) {
 }
 
 async fn verify(config: &Path) {
+    verify_migration(config, "users_v2").await
+}
+
+async fn verify_migration(config: &Path, migration: &str) {
     let (code, out, err) = pgshift(&[
         "verify",
         "--config",
         config.to_str().unwrap(),
         "--migration",
-        "users_v2",
+        migration,
         "--format",
         "json",
     ])
@@ -776,6 +780,71 @@ async fn without_a_control_database_the_state_is_a_local_file() {
     assert!(
         out.contains("rolled_back") && out.contains("command"),
         "{out}"
+    );
+    drop(client);
+    proxy.stop().await;
+}
+
+/// A mismatch found by shadow reads fails the guard: a wrong `down` rolls the ramp back before its next step,
+/// with the statement named in the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_mismatch_rolls_the_ramp_back() {
+    let db = fresh_db("t_rollout_shadow").await;
+    let direct = connect(&cluster().url(&db)).await;
+    direct
+        .batch_execute(
+            "CREATE TABLE orders (id bigint PRIMARY KEY, legacy_status text, new_status text);
+             INSERT INTO orders SELECT g, (ARRAY['Open', 'HELD'])[g % 2 + 1], NULL FROM generate_series(1, 100) g;
+             UPDATE orders SET new_status = upper(legacy_status);",
+        )
+        .await
+        .unwrap();
+    // up = upper(…) is what new holds; down = lower(…) does not give the old values back.
+    let migrations = format!(
+        "[control]\ndsn = {:?}\n\
+         [[migration]]\nname = \"orders_status\"\nkind = \"column\"\ntable = \"orders\"\nkey = [\"id\"]\n\
+         columns = [{{ old = \"legacy_status\", new = \"new_status\", up = \"upper(legacy_status)\", down = \"lower(new_status)\" }}]\n\
+         writes = \"dual_write\"\n[migration.reads]\nkey = \"application_name\"\n\
+         [migration.reads.ramp]\nsteps = [10, 100]\ninterval = \"1h\"\n\
+         [migration.guard]\ninterval = \"200ms\"\nfailure_limit = 1\nmin_samples = 1000000\n\
+         [migration.shadow]\nsample_percent = 100\n",
+        cluster().url(&db)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_file(dir.path(), &migrations);
+    let proxy = start_proxy(ProxyOptions {
+        migrations,
+        ..Default::default()
+    })
+    .await;
+    // Verify compares old mapped through `up` with new: it agrees, only `down` is wrong.
+    verify_migration(&config, "orders_status").await;
+    let (code, _, err) = pgshift(&[
+        "rollout",
+        "start",
+        "--config",
+        config.to_str().unwrap(),
+        "--migration",
+        "orders_status",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let client = session(&proxy, &db, "shop").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut id = 0i64;
+    while state(&proxy).await["status"] != "rolled_back" {
+        assert!(Instant::now() < deadline, "{:#}", state(&proxy).await);
+        id = id % 100 + 1;
+        client
+            .query("SELECT id, legacy_status FROM orders WHERE id = $1", &[&id])
+            .await
+            .unwrap();
+    }
+    let reason = state(&proxy).await["reason"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reason,
+        "guard: shadow reads: the new schema answers differently to \
+         SELECT id, legacy_status FROM orders WHERE id = $1"
     );
     drop(client);
     proxy.stop().await;
