@@ -799,10 +799,11 @@ async fn a_shadow_mismatch_rolls_the_ramp_back() {
         )
         .await
         .unwrap();
-    // up = upper(…) is what new holds; down = lower(…) does not give the old values back.
+    // up = upper(…) is what new holds; down = lower(…) does not give the old values back. The migration has a
+    // name of its own: metrics are per process, and the shadow tests count theirs.
     let migrations = format!(
         "[control]\ndsn = {:?}\n\
-         [[migration]]\nname = \"orders_status\"\nkind = \"column\"\ntable = \"orders\"\nkey = [\"id\"]\n\
+         [[migration]]\nname = \"orders_ramped\"\nkind = \"column\"\ntable = \"orders\"\nkey = [\"id\"]\n\
          columns = [{{ old = \"legacy_status\", new = \"new_status\", up = \"upper(legacy_status)\", down = \"lower(new_status)\" }}]\n\
          writes = \"dual_write\"\n[migration.reads]\nkey = \"application_name\"\n\
          [migration.reads.ramp]\nsteps = [10, 100]\ninterval = \"1h\"\n\
@@ -818,14 +819,14 @@ async fn a_shadow_mismatch_rolls_the_ramp_back() {
     })
     .await;
     // Verify compares old mapped through `up` with new: it agrees, only `down` is wrong.
-    verify_migration(&config, "orders_status").await;
+    verify_migration(&config, "orders_ramped").await;
     let (code, _, err) = pgshift(&[
         "rollout",
         "start",
         "--config",
         config.to_str().unwrap(),
         "--migration",
-        "orders_status",
+        "orders_ramped",
     ])
     .await;
     assert_eq!(code, 0, "{err}");
