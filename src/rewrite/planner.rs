@@ -250,13 +250,16 @@ impl Touches {
         touches.session = touches.settings
             || touches.search_path
             || sql.split(';').any(|piece| {
-                let word: String = skip_comments(piece)
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphabetic())
-                    .collect();
+                let mut words = skip_comments(piece).split_whitespace();
+                let first = words.next().unwrap_or_default();
+                // SET LOCAL and SET TRANSACTION end with their transaction: nothing is left at the boundary.
+                let transaction_only = words.next().is_some_and(|w| {
+                    w.eq_ignore_ascii_case("local") || w.eq_ignore_ascii_case("transaction")
+                });
                 ["set", "reset", "discard"]
                     .iter()
-                    .any(|w| word.eq_ignore_ascii_case(w))
+                    .any(|w| first.eq_ignore_ascii_case(w))
+                    && !(first.eq_ignore_ascii_case("set") && transaction_only)
             });
         touches
     }
@@ -319,7 +322,10 @@ mod tests {
         for (sql, session) in [
             ("SET ROLE reporting", true),
             ("/* app */ set TimeZone = 'UTC'", true),
-            ("BEGIN; -- x\n SET LOCAL datestyle = 'ISO'", true),
+            ("BEGIN; -- x\n SET datestyle = 'ISO'", true),
+            ("BEGIN; SET LOCAL statement_timeout = 500", false),
+            ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false),
+            ("set\nrole app", true),
             ("RESET ROLE", true),
             ("UPDATE users SET role = 'x'", false),
             ("SELECT role, settings FROM users", false),
