@@ -110,11 +110,6 @@ impl Rollouts {
         (r, tasks)
     }
 
-    /// Whether statements on `migration` are measured (it has a ramp).
-    pub fn measures(&self, m: &Migration) -> bool {
-        m.ramp.is_some()
-    }
-
     fn state(&self, migration: &str) -> State {
         self.states
             .lock()
@@ -416,12 +411,10 @@ async fn judge(r: Arc<Rollouts>) {
             last.insert(m.name.clone(), Instant::now());
             let state = r.state(&m.name);
             let window = r.measurements.take(&m.name);
-            let shadow = r.shadow.as_ref().and_then(|s| {
-                (s.findings().verdict(&m.name, &m.shadow.thresholds)
-                    == crate::shadow::verdict::Verdict::Mismatch)
-                    .then(|| s.findings().worst(&m.name, &m.shadow.thresholds))
-                    .flatten()
-            });
+            let shadow = r
+                .shadow
+                .as_ref()
+                .and_then(|s| s.findings().worst(&m.name, &m.shadow.thresholds));
             let lag = match &config.control.replica_dsn {
                 Some(dsn) => Some(replica_lag(&mut replica, dsn, &config).await),
                 None => None,

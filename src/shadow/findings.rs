@@ -246,14 +246,8 @@ impl Findings {
                 a.2.tally.samples,
             ))
         });
-        let samples: u64 = m.statements.values().map(|s| s.tally.samples).sum();
-        let overall = match statements.first() {
-            Some((Verdict::Mismatch, ..)) => Verdict::Mismatch,
-            _ if samples < thresholds.min_samples => Verdict::Insufficient,
-            _ => Verdict::Match,
-        };
         serde_json::json!({
-            "verdict": overall.label(),
+            "verdict": m.verdict(thresholds).label(),
             "since_unix": m.since_unix,
             "comparisons": m.results,
             "skipped": m.skipped,
@@ -288,15 +282,21 @@ impl Findings {
     /// The verdict of `name` (for the rollout guards).
     pub fn verdict(&self, name: &str, thresholds: &Thresholds) -> Verdict {
         let all = self.0.lock().expect("findings lock");
-        let Some(m) = all.get(name) else {
-            return Verdict::Insufficient;
-        };
-        let worst = m
+        all.get(name)
+            .map_or(Verdict::Insufficient, |m| m.verdict(thresholds))
+    }
+}
+
+impl Migration {
+    /// A migration mismatches when any of its statements does; before `min_samples` comparisons in all, no
+    /// verdict.
+    fn verdict(&self, thresholds: &Thresholds) -> Verdict {
+        let worst = self
             .statements
             .values()
             .map(|s| verdict::verdict(&s.tally, thresholds))
             .max();
-        let samples: u64 = m.statements.values().map(|s| s.tally.samples).sum();
+        let samples: u64 = self.statements.values().map(|s| s.tally.samples).sum();
         match worst {
             Some(Verdict::Mismatch) => Verdict::Mismatch,
             _ if samples < thresholds.min_samples => Verdict::Insufficient,
